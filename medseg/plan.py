@@ -1,0 +1,96 @@
+"""The plan: everything a trained model needs to be applied again, as plain data.
+
+Produced by the fingerprint/planning step of training (``medseg.data.planning``), stored inside
+every checkpoint and read by inference. It is the one contract between training and inference,
+so it lives here rather than in either of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class IntensityPlan:
+    """CT intensity handling: clip to ``clip`` (HU), then ``(x - mean) / std``."""
+
+    clip: tuple[float, float] = (-1000.0, 500.0)
+    mean: float = -500.0
+    std: float = 400.0
+
+
+@dataclass
+class NetworkPlan:
+    """Arguments for MONAI ``DynUNet`` (see :func:`medseg.models.network.build_network`)."""
+
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    kernel_size: list[list[int]] = field(default_factory=lambda: [[3, 3, 3]] * 4)
+    strides: list[list[int]] = field(default_factory=lambda: [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]])
+    deep_supervision: bool = True
+    deep_supr_num: int = 2
+    res_block: bool = False
+    norm_name: str = "instance"
+    in_channels: int = 1
+    out_channels: int = 2
+
+
+@dataclass
+class InferencePlan:
+    """Sliding-window settings used at inference time."""
+
+    overlap: float = 0.25
+    blend_mode: str = "gaussian"
+    sw_batch_size: int = 2
+    threshold: float = 0.5
+
+
+@dataclass
+class Plan:
+    """All settings that tie a trained network to its preprocessing."""
+
+    task: str = "lung_nodule"
+    labels: dict[str, int] = field(default_factory=lambda: {"background": 0, "nodule": 1})
+    #: Target voxel spacing (mm) along the array axes after reorientation to ``orientation``.
+    spacing: tuple[float, float, float] = (0.8, 0.8, 1.25)
+    orientation: str = "RAS"
+    patch_size: tuple[int, int, int] = (64, 64, 32)
+    batch_size: int = 2
+    intensity: IntensityPlan = field(default_factory=IntensityPlan)
+    network: NetworkPlan = field(default_factory=NetworkPlan)
+    inference: InferencePlan = field(default_factory=InferencePlan)
+    #: Dataset fingerprint the plan was derived from (median spacing, percentiles, counts).
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able dict (lists, no tuples)."""
+        return _listify(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """Inverse of :meth:`to_dict`; unknown keys are rejected so typos do not pass silently."""
+        data = dict(data)
+        intensity = IntensityPlan(**_known(IntensityPlan, data.pop("intensity", {})))
+        network = NetworkPlan(**_known(NetworkPlan, data.pop("network", {})))
+        inference = InferencePlan(**_known(InferencePlan, data.pop("inference", {})))
+        plan = cls(intensity=intensity, network=network, inference=inference, **_known(cls, data))
+        plan.spacing = tuple(float(s) for s in plan.spacing)  # type: ignore[assignment]
+        plan.patch_size = tuple(int(s) for s in plan.patch_size)  # type: ignore[assignment]
+        plan.intensity.clip = tuple(float(c) for c in plan.intensity.clip)  # type: ignore[assignment]
+        return plan
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = set(kind.__dataclass_fields__)
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+    return data
+
+
+def _listify(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _listify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_listify(v) for v in obj]
+    return obj
