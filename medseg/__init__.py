@@ -1,10 +1,37 @@
-"""medseg: volumetric medical image segmentation, starting with lung nodules in chest CT."""
+"""medseg: volumetric medical image segmentation, starting with lung nodules in chest CT.
+
+>>> import medseg
+>>> vol = medseg.read_volume("scan.nii.gz")           # doctest: +SKIP
+>>> result = medseg.infer("scan.nii.gz", "out/")      # doctest: +SKIP
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
 from medseg.errors import InputError
 from medseg.io import Volume, read_volume, write_mask, write_volume
 
-__all__ = ["InputError", "Volume", "__version__", "read_volume", "write_mask", "write_volume"]
+__all__ = [
+    "InputError",
+    "Volume",
+    "__version__",
+    "batch",
+    "evaluate",
+    "infer",
+    "read_volume",
+    "train",
+    "write_mask",
+    "write_volume",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # train/infer/evaluate/batch load their stage on first use (see medseg.api)
+    if name in ("train", "infer", "evaluate", "batch"):
+        from medseg import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'medseg' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """Command-line interface: argument parsing and exit codes only; the work is in the Python API.
 
-Each subcommand lives in its own module exposing ``register(subparsers)``, which adds a parser
-whose ``func`` default takes the parsed arguments and returns an exit code.
+Each subcommand lives in its own module of this package exposing ``register(subparsers)``, which
+adds a parser whose ``func`` default takes the parsed arguments and returns an exit code. Modules
+are discovered, so adding a command never means editing this file.
 """
 
 from __future__ import annotations
@@ -9,14 +10,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pkgutil
 import sys
 from collections.abc import Sequence
 
 from medseg import __version__
 from medseg.errors import InputError
 
-#: Subcommand modules under ``medseg.cli``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("info",)
+#: Preferred order of subcommands in ``--help``; any other command module follows.
+_ORDER: tuple[str, ...] = ("infer", "train", "evaluate", "batch", "info")
+
+
+def command_modules() -> list[str]:
+    """Names of the subcommand modules in this package, in help order."""
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -29,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in command_modules():
         importlib.import_module(f"medseg.cli.{name}").register(sub)
     return parser
 

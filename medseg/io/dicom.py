@@ -8,7 +8,6 @@ rejected with a message naming the folder and the problem.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path

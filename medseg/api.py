@@ -1,0 +1,28 @@
+"""The Python API: ``train()``, ``infer()``, ``evaluate()``, ``batch()``.
+
+The CLI is a thin layer over these. Each one is implemented in its stage's package and imported
+on first use, so ``import medseg`` stays fast and a stage's heavy dependencies load only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> "module:attribute" implementing it
+_IMPLEMENTATIONS = {
+    "train": "medseg.training.run:train",
+    "infer": "medseg.inference.pipeline:infer",
+    "evaluate": "medseg.evaluation.api:evaluate",
+    "batch": "medseg.batch.runner:run_batch",
+}
+
+__all__ = sorted(_IMPLEMENTATIONS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _IMPLEMENTATIONS[name].split(":")
+    except KeyError:
+        raise AttributeError(f"module 'medseg.api' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), attr)
