@@ -1,0 +1,116 @@
+"""3D dense CRF refinement of nodule boundaries, run box by box around candidate components.
+
+A fully connected CRF (Krähenbühl & Koltun 2011) with a spatial smoothness kernel and a
+bilateral (position + HU) kernel pulls the boundary of a blurred probability map onto the CT
+intensity edge. Kernel widths are given in mm and divided by the voxel spacing, so a 2.5 mm
+slice gap is not treated like a 0.7 mm pixel. Cost: only a padded box around each candidate
+component is solved, so it scales with the number and size of candidates, not with the scan.
+
+Backend: ``pydensecrf2`` (optional extra ``medseg[crf]``; permutohedral lattice, N-D features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+
+
+@dataclass
+class CRFSettings:
+    """Dense-CRF parameters (world units)."""
+
+    iterations: int = 5
+    pad_mm: float = 6.0               # margin around each candidate's bounding box
+    smooth_sigma_mm: float = 1.0      # spatial smoothness kernel
+    smooth_weight: float = 3.0
+    bilateral_sigma_mm: float = 3.0   # spatial extent of the appearance kernel
+    bilateral_sigma_hu: float = 30.0  # intensity difference that counts as "same tissue"
+    bilateral_weight: float = 5.0
+    hu_window: tuple[float, float] = (-1000.0, 400.0)  # clip before the bilateral kernel
+    min_voxels: int = 4               # candidates smaller than this are left as they are
+
+
+def _require_pydensecrf():
+    try:
+        import pydensecrf.densecrf as dcrf
+        import pydensecrf.utils as dutils
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "CRF refinement needs pydensecrf2: pip install 'medseg[crf]' (or disable crf)"
+        ) from exc
+    return dcrf, dutils
+
+
+def crf_box(
+    probability: np.ndarray,
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    settings: CRFSettings | None = None,
+) -> np.ndarray:
+    """Refine one box: returns the CRF's nodule probability (float32, same shape)."""
+    s = settings or CRFSettings()
+    dcrf, dutils = _require_pydensecrf()
+    sp = np.asarray(spacing, dtype=np.float64)
+    p = np.clip(probability.astype(np.float32), 1e-5, 1 - 1e-5)
+    softmax = np.stack([1.0 - p, p])
+    n = p.size
+    crf = dcrf.DenseCRF(n, 2)
+    crf.setUnaryEnergy(np.ascontiguousarray(dutils.unary_from_softmax(softmax)))
+    crf.addPairwiseEnergy(
+        dutils.create_pairwise_gaussian(sdims=tuple(s.smooth_sigma_mm / sp), shape=p.shape),
+        compat=s.smooth_weight,
+    )
+    hu = np.clip(image.astype(np.float32), *s.hu_window)
+    crf.addPairwiseEnergy(
+        dutils.create_pairwise_bilateral(
+            sdims=tuple(s.bilateral_sigma_mm / sp), schan=(s.bilateral_sigma_hu,), img=hu, chdim=-1
+        ),
+        compat=s.bilateral_weight,
+    )
+    q = np.asarray(crf.inference(s.iterations), dtype=np.float32)
+    return q[1].reshape(p.shape)
+
+
+def candidate_boxes(
+    mask: np.ndarray, spacing: tuple[float, float, float], pad_mm: float, min_voxels: int = 1
+) -> list[tuple[slice, ...]]:
+    """Bounding boxes (padded by ``pad_mm`` per side) of the 26-connected components of ``mask``."""
+    labels = cc3d.connected_components(mask, connectivity=26)
+    stats = cc3d.statistics(labels)
+    pad = [int(np.ceil(pad_mm / float(s))) for s in spacing]
+    boxes = []
+    for lab in range(1, len(stats["voxel_counts"])):
+        if stats["voxel_counts"][lab] < min_voxels:
+            continue
+        bb = stats["bounding_boxes"][lab]
+        boxes.append(
+            tuple(slice(max(b.start - q, 0), min(b.stop + q, n)) for b, q, n in zip(bb, pad, mask.shape))
+        )
+    return boxes
+
+
+def refine(
+    probability: np.ndarray,
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    threshold: float = 0.5,
+    settings: CRFSettings | None = None,
+) -> np.ndarray:
+    """CRF-refined binary mask: outside the candidate boxes it equals ``probability >= threshold``.
+
+    Each candidate (component of the thresholded map) gets its own padded box; where boxes
+    overlap the refined masks are OR-ed so neither candidate is cut by the other's box.
+    """
+    s = settings or CRFSettings()
+    if probability.shape != image.shape:
+        raise ValueError(f"probability {probability.shape} and image {image.shape} differ in shape")
+    mask = probability >= threshold
+    out = mask.copy()
+    touched = np.zeros(mask.shape, dtype=bool)
+    for box in candidate_boxes(mask, spacing, s.pad_mm, s.min_voxels):
+        q = crf_box(probability[box], image[box], spacing, s) >= 0.5
+        out[box] = np.where(touched[box], out[box] | q, q)
+        touched[box] = True
+    return out
