@@ -1,0 +1,41 @@
+"""``medseg batch INPUT -o OUT_DIR``: segment a folder tree or CSV manifest of scans, resumably."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="segment many scans (folder or CSV manifest), resumable, on local workers or Dask",
+        description="Segment every scan under INPUT (NIfTI/NRRD/MHA/MHD files and DICOM CT series, searched "
+        "recursively) or listed in a CSV manifest (columns: path[, case_id]). Re-running the same command "
+        "resumes: finished cases are skipped. Writes OUT_DIR/<case>/..., OUT_DIR/summary.csv and "
+        "OUT_DIR/nodules.csv. Exit code 1 when any case failed.",
+    )
+    p.add_argument("input", nargs="?", help="folder or CSV manifest (optional when the pipeline names one)")
+    p.add_argument("-o", "--output", dest="out_dir", help="output folder")
+    p.add_argument("--workers", type=int, help="worker processes (default 1, or one per GPU; 0 = in this process)")
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786) or 'local' for a local Dask cluster")
+    p.add_argument("--pipeline", help="pipeline YAML (see pipelines/); command-line options override it")
+    p.add_argument("--model", help="model checkpoint (default: the bundled model)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for inference (default auto)")
+    p.add_argument("--tta", action="store_true", default=None, help="test-time augmentation (flips)")
+    p.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
+                   help="on resume, keep earlier failures instead of retrying them")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.batch.runner import run_batch
+
+    summary = run_batch(
+        args.input, args.out_dir, workers=args.workers, scheduler=args.scheduler, pipeline=args.pipeline,
+        quiet=args.quiet, retry_failed=args.retry_failed, model=args.model, device=args.device, tta=args.tta,
+    )
+    if not args.quiet:
+        resumed = f", {summary.n_skipped} from an earlier run" if summary.n_skipped else ""
+        print(f"{summary.n_done} done, {summary.n_failed} failed{resumed}: {summary.summary_csv}")
+    return 0 if summary.ok else 1
