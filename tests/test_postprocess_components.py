@@ -1,0 +1,102 @@
+"""Components: what is kept and what is removed near the lung wall, and the feature values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.postprocess import PostprocessSettings, postprocess
+from medseg.postprocess.components import elongation, equivalent_diameter_mm
+
+SPACING = (0.7, 0.7, 1.25)
+SHAPE = (100, 80, 40)
+WALL_I = 70  # lung for i < 70, chest wall for i >= 70
+
+
+def world():
+    return np.indices(SHAPE).astype(float) * np.asarray(SPACING)[:, None, None, None]
+
+
+def ball(g, centre, r):
+    return ((g - np.asarray(centre, float)[:, None, None, None]) ** 2).sum(0) <= r * r
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """Lung for i < WALL_I. A 10 mm juxta-pleural nodule and a 3 mm-wide, 30 mm-long vessel
+    both touch the wall; a 2 mm speck lies in the lung; an 8 mm blob sits inside the chest wall."""
+    g = world()
+    wall_mm = WALL_I * SPACING[0]
+    z = 20 * SPACING[2]
+    nodule = ball(g, (wall_mm - 3.0, 20.0, z), 5.0)  # centre 3 mm from the wall: 2 mm embedded
+    t = g[1] - 35.0  # vessel runs along j from j=35 mm to 65 mm, its side touching the wall
+    tube = ((g[0] - (wall_mm - 1.0)) ** 2 + (g[2] - z) ** 2 <= 1.5**2) & (t >= 0) & (t <= 30.0)
+    speck = ball(g, (20.0, 20.0, z), 1.0)
+    outside = ball(g, (wall_mm + 10.0, 40.0, z), 4.0)
+    prob = np.zeros(SHAPE, np.float32)
+    prob[nodule], prob[tube], prob[speck], prob[outside] = 0.95, 0.8, 0.9, 0.7
+    lungs = g[0] < wall_mm
+    image = np.where(lungs, -850, 40).astype(np.int16)
+    image[nodule | tube | speck] = 30
+    return {"prob": prob, "image": image, "lungs": lungs, "nodule": nodule, "tube": tube}
+
+
+def kept_masks(labels, features):
+    return [labels == f["label"] for f in features]
+
+
+def test_vessel_filter_off_keeps_nodule_and_vessel(scene):
+    labels, feats = postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"])
+    assert labels.dtype == np.uint16 and labels.max() == len(feats) == 2
+    masks = kept_masks(labels, feats)
+    # largest first: the 10 mm nodule (~524 mm3) outweighs the tube (~212 mm3)
+    assert np.array_equal(masks[0], scene["nodule"]) and np.array_equal(masks[1], scene["tube"])
+    assert feats[0]["voxels"] > feats[1]["voxels"]
+    # the speck (2 mm) and the chest-wall blob are gone
+    assert not labels[scene["prob"] == 0.9].any() and not labels[scene["prob"] == 0.7].any()
+
+
+def test_vessel_filter_removes_tube_keeps_juxtapleural_nodule(scene):
+    s = PostprocessSettings(vessel_filter=True)
+    labels, feats = postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"], s)
+    assert len(feats) == 1 and np.array_equal(labels == 1, scene["nodule"])
+    f = feats[0]
+    assert f["mean_probability"] == pytest.approx(0.95) and f["max_probability"] == pytest.approx(0.95)
+    assert f["volume_mm3"] == pytest.approx(f["voxels"] * np.prod(SPACING))
+    assert f["equivalent_diameter_mm"] == pytest.approx(10.0, rel=0.05)
+    assert f["elongation"] < 1.3
+    assert 0.5 < f["lung_overlap"] < 1.0  # part of it lies in the wall, still counted as lung
+
+
+def test_juxtapleural_nodule_kept_when_lung_mask_excludes_it(scene):
+    # an air-threshold lung mask leaves the soft-tissue nodule and vessel out entirely
+    air_lungs = scene["lungs"] & (scene["image"] < -500)
+    s = PostprocessSettings(vessel_filter=True)
+    labels, feats = postprocess(scene["prob"], scene["image"], SPACING, air_lungs, s)
+    assert len(feats) == 1 and np.array_equal(labels == 1, scene["nodule"])
+    assert feats[0]["lung_overlap"] == 0.0 and feats[0]["lung_contact"] > 0.3
+
+
+def test_no_lung_mask_and_min_diameter(scene):
+    labels, feats = postprocess(scene["prob"], scene["image"], SPACING, None)
+    assert len(feats) == 3  # nodule, tube, chest-wall blob (8 mm); the 2 mm speck still goes
+    s = PostprocessSettings(min_diameter_mm=0.0, restrict_to_lung=False)
+    assert len(postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"], s)[1]) == 4
+
+
+def test_tube_elongation_matches_pca_theory():
+    # a straight tube of length L and radius r: elongation = sqrt((L^2/12) / (r^2/4)) = L/(r sqrt 3)
+    g = world()
+    r, length = 2.0, 30.0
+    tube = ((g[0] - 30) ** 2 + (g[2] - 25) ** 2 <= r * r) & (g[1] >= 10) & (g[1] <= 10 + length)
+    el, _ = elongation(np.argwhere(tube), SPACING)
+    assert el == pytest.approx(length / (r * np.sqrt(3)), rel=0.1)
+    # the same voxels read with swapped spacing are a different shape: spacing is honoured
+    el_wrong, _ = elongation(np.argwhere(tube), (1.25, 0.7, 0.7))
+    assert abs(el_wrong - el) > 1.0
+    assert equivalent_diameter_mm(4 / 3 * np.pi * 27) == pytest.approx(6.0)
+
+
+def test_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="image shape"):
+        postprocess(np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 5)), (1, 1, 1))
