@@ -1,0 +1,55 @@
+"""``medseg infer INPUT [INPUT ...] -o OUT_DIR``: nodule masks, lung masks and reports per scan."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="segment lung nodules in CT scans (NIfTI/NRRD/MHA files or DICOM series folders)",
+        description="Segment lung nodules; writes <case>_nodules.nii.gz, <case>_lungs.nii.gz, "
+        "<case>_report.json, <case>_nodules.csv, <case>_preview.png (and <case>_seg.dcm for DICOM input).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="scan file or DICOM series folder")
+    p.add_argument("-o", "--out-dir", required=True, help="output folder (created if missing)")
+    p.add_argument("--model", default=None, help="checkpoint (.pt); default: the bundled lung-nodule model")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--tta", action="store_true", help="average over flipped copies (8x slower)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    crf = p.add_mutually_exclusive_group()
+    crf.add_argument("--crf", dest="crf", action="store_true", default=None, help="refine with a 3D dense CRF")
+    crf.add_argument("--no-crf", dest="crf", action="store_false", help="no CRF refinement")
+    p.add_argument(
+        "--crop-mode",
+        action="store_true",
+        help="input is a nodule crop, not a whole chest CT: no lung mask, the whole image is searched",
+    )
+    p.add_argument("--no-preview", action="store_true", help="do not write the preview PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-case summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.inference.pipeline import infer
+
+    results = infer(
+        args.inputs,
+        args.out_dir,
+        model=args.model,
+        device=args.device,
+        tta=args.tta,
+        save_probabilities=args.save_probabilities,
+        crf=args.crf,
+        lung_mask=not args.crop_mode,
+        preview=not args.no_preview,
+        quiet=args.quiet,
+    )
+    if not args.quiet:
+        for r in results:
+            size = "" if r.largest_diameter_mm is None else f", largest {r.largest_diameter_mm:.1f} mm"
+            print(f"{r.case}: {r.n_nodules} nodule(s){size} in {r.timings.get('total_s', 0):.1f} s -> {r.outputs['report']}")
+            for w in r.warnings:
+                print(f"  warning: {w}")
+    return 0
