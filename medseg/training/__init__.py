@@ -1,0 +1,1 @@
+"""Training: ``train()`` in :mod:`medseg.training.run`; loop, losses, schedule, DDP and logging."""

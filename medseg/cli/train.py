@@ -1,0 +1,66 @@
+"""``medseg train --task lung_nodule --data DIR [--data DIR2] -o RUN``: train a model from labelled data."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.replace("x", ",").split(",") if x.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.replace("x", ",").split(",") if x.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a segmentation model from labelled data",
+        description="Train a 3D U-Net (MONAI DynUNet, deep supervision, Dice+Focal loss) from one or more "
+        "labelled dataset folders (MSD/nnU-Net dataset.json, image/+mask/ folders, or phantom sets). "
+        "Works under torchrun for multi-GPU/multi-node DDP.",
+    )
+    p.add_argument("--task", default="lung_nodule", help="bundled task name or task YAML file (default lung_nodule)")
+    p.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="dataset folder; repeat to combine datasets")
+    p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (plan, split, checkpoints, metrics)")
+    p.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
+    p.add_argument("--folds", type=int, default=None, help="number of folds (default from task: 5)")
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--max-time", type=float, default=None, metavar="MINUTES",
+                   help="training time budget incl. validation and checkpoints (data preparation excluded)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from last.pt")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--patch-size", type=_ints, default=None, metavar="X,Y,Z", help="override the planned patch size")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--filters", type=_ints, default=None, metavar="F1,F2,...",
+                   help="filters per level (one number = first level, doubled per level)")
+    p.add_argument("--spacing", type=_floats, default=None, metavar="X,Y,Z", help="override the target spacing (mm)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None, help="data loader worker processes")
+    p.add_argument("--val-cases", type=int, default=None, help="validation cases per epoch (0 = all)")
+    p.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None, help="mixed precision on CUDA")
+    p.add_argument("--res-block", action="store_true", default=None, help="residual blocks in the U-Net")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-step logs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.api import train
+
+    filters = args.filters
+    if filters is not None and len(filters) == 1:
+        filters = filters[0]
+    best = train(
+        args.task, args.data, args.output, fold=args.fold, max_epochs=args.max_epochs,
+        max_time_minutes=args.max_time, device=args.device, resume=args.resume,
+        folds=args.folds, seed=args.seed, patch_size=args.patch_size, batch_size=args.batch_size,
+        filters=filters, spacing=args.spacing, lr=args.lr, optimizer=args.optimizer,
+        steps_per_epoch=args.steps_per_epoch, num_workers=args.num_workers, val_cases=args.val_cases,
+        amp=args.amp, res_block=args.res_block, quiet=args.quiet,
+    )
+    print(f"best checkpoint: {best}")
+    return 0

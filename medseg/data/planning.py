@@ -1,0 +1,257 @@
+"""Dataset fingerprint -> :class:`~medseg.plan.Plan`, in the spirit of nnU-Net's planner.
+
+The fingerprint records, per case, the shape and spacing along RAS axes and a sample of the
+foreground intensities. The plan derives from it: target spacing (median, clamped by the task),
+CT clip window and normalisation (foreground percentiles and mean/std), a patch size from the
+median resampled shape, the DynUNet depth/strides/kernels from the patch and the spacing, and a
+batch size from the device memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.data.datasets import Case
+from medseg.errors import InputError
+from medseg.plan import InferencePlan, IntensityPlan, NetworkPlan, Plan
+from medseg.tasks import device_value
+
+#: bytes of activation memory per (feature x voxel) summed over levels, forward + backward with
+#: AMP; calibrated so that nnU-Net's 128^3 / 32-filter / batch 2 patch needs about 10 GB.
+_BYTES_PER_FEATURE_VOXEL = 60.0
+
+
+def _ras_permutation(affine: np.ndarray) -> list[int]:
+    """For each RAS axis, the array axis that maps onto it."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    perm = [0, 0, 0]
+    for array_axis, (ras_axis, _flip) in enumerate(ornt):
+        perm[int(ras_axis)] = array_axis
+    return perm
+
+
+def _case_fingerprint(case: Case, samples: int, seed: int) -> dict[str, Any]:
+    from medseg.io import read_volume
+
+    image = read_volume(case.image)
+    label = read_volume(case.label)
+    if image.shape != label.shape:
+        raise InputError(case.label, f"label shape {label.shape} differs from image shape {image.shape}")
+    perm = _ras_permutation(image.affine_ras)
+    fg = np.asarray(image.array)[np.asarray(label.array) > 0]
+    rng = np.random.default_rng(seed)
+    if fg.size > samples:
+        fg = rng.choice(fg, samples, replace=False)
+    return {
+        "shape": [int(image.shape[a]) for a in perm],
+        "spacing": [float(image.spacing[a]) for a in perm],
+        "foreground_voxels": int((np.asarray(label.array) > 0).sum()),
+        "_fg": fg.astype(np.float32),
+    }
+
+
+def fingerprint_dataset(
+    cases: Sequence[Case], samples_per_case: int = 10000, seed: int = 0, workers: int = 2, progress: bool = False
+) -> dict[str, Any]:
+    """Shapes/spacings along RAS axes and foreground intensity statistics of ``cases``."""
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # nibabel's gzip decoding releases the GIL
+        jobs = pool.map(lambda ic: _case_fingerprint(ic[1], samples_per_case, seed + ic[0]), enumerate(cases))
+        per_case = list(tqdm(jobs, total=len(cases), desc="fingerprint", disable=not progress, leave=False))
+    fg = np.concatenate([p.pop("_fg") for p in per_case]) if per_case else np.zeros(0, np.float32)
+    if fg.size == 0:
+        raise InputError(Path(cases[0].label).parent, "no foreground voxels in any training label")
+    spacings = np.array([p["spacing"] for p in per_case])
+    shapes = np.array([p["shape"] for p in per_case])
+    return {
+        "cases": len(per_case),
+        "median_spacing": np.median(spacings, axis=0).tolist(),
+        "median_shape": np.median(shapes, axis=0).tolist(),
+        "median_extent_mm": np.median(shapes * spacings, axis=0).tolist(),
+        "foreground": {
+            "percentile_00_5": float(np.percentile(fg, 0.5)),
+            "percentile_99_5": float(np.percentile(fg, 99.5)),
+            "mean": float(fg.mean()),
+            "std": float(fg.std()),
+            "min": float(fg.min()),
+            "max": float(fg.max()),
+            "samples": int(fg.size),
+        },
+        "per_case": {c.key: p for c, p in zip(cases, per_case)},
+    }
+
+
+def network_topology(
+    patch: Sequence[int], spacing: Sequence[float], max_levels: int = 5, min_feature_size: int = 4,
+    anisotropy_ratio: float = 2.0,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """nnU-Net style strides and kernel sizes for a patch.
+
+    An axis is downsampled at a level only while its feature map stays >= ``min_feature_size``
+    voxels and its current spacing is at most ``anisotropy_ratio`` times the finest one (so a
+    thick-slice axis waits until the in-plane resolution has caught up). Kernels are 1 along axes
+    still much coarser than the finest, like nnU-Net's in-plane-only convolutions.
+    """
+    size = [int(s) for s in patch]
+    sp = [float(s) for s in spacing]
+    strides: list[list[int]] = [[1, 1, 1]]
+    kernels: list[list[int]] = []
+    for _level in range(max_levels):
+        finest = min(sp)
+        kernels.append([1 if s > anisotropy_ratio * finest else 3 for s in sp])
+        if len(strides) == max_levels:
+            break
+        step = [2 if (size[a] // 2 >= min_feature_size and sp[a] <= anisotropy_ratio * finest) else 1 for a in range(3)]
+        if step == [1, 1, 1]:
+            break
+        strides.append(step)
+        size = [size[a] // step[a] for a in range(3)]
+        sp = [sp[a] * step[a] for a in range(3)]
+    return strides, kernels
+
+
+def _divisors(strides: Sequence[Sequence[int]]) -> list[int]:
+    return [int(np.prod([s[a] for s in strides])) for a in range(3)]
+
+
+def fit_patch(
+    wanted: Sequence[float], spacing: Sequence[float], lo: Sequence[int], hi: Sequence[int], net: dict[str, Any]
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """Clamp ``wanted`` to [lo, hi] and make it divisible by the network's total stride per axis."""
+    patch = [int(math.ceil(min(max(w, a), b))) for w, a, b in zip(wanted, lo, hi)]
+    for _ in range(6):
+        strides, kernels = network_topology(
+            patch, spacing, int(net.get("max_levels", 5)), int(net.get("min_feature_size", 4)),
+            float(net.get("anisotropy_ratio", 2.0)),
+        )
+        div = _divisors(strides)
+        new = []
+        for p, d, b in zip(patch, div, hi):
+            up = int(math.ceil(p / d) * d)
+            new.append(up if up <= max(b, d) else max(d, (p // d) * d))
+        if new == patch:
+            break
+        patch = new
+    return patch, strides, kernels
+
+
+def _filters(levels: int, net: dict[str, Any]) -> list[int]:
+    base, top = int(net.get("filters_base", 16)), int(net.get("filters_max", 256))
+    return [min(base * 2**i, top) for i in range(levels)]
+
+
+def activation_bytes(patch: Sequence[int], strides: Sequence[Sequence[int]], filters: Sequence[int]) -> float:
+    """Rough training memory per sample (forward + backward activations)."""
+    size = np.array(patch, dtype=float)
+    total = 0.0
+    for s, f in zip(strides, filters):
+        size = size / np.array(s)
+        total += f * float(np.prod(size))
+    return total * _BYTES_PER_FEATURE_VOXEL
+
+
+def make_plan(
+    fingerprint: dict[str, Any],
+    task: dict[str, Any],
+    device_type: str = "cpu",
+    device_memory_bytes: float | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Plan:
+    """The plan for ``task`` on data with ``fingerprint`` for a device type ("cpu"/"cuda").
+
+    ``overrides`` may set ``spacing``, ``patch_size``, ``batch_size`` and ``filters`` (a list, or
+    an int as the first level's count) explicitly; the rest still follows the rules.
+    """
+    ov = {k: v for k, v in (overrides or {}).items() if v is not None}
+    sp_cfg = task.get("spacing", {})
+    median_sp = np.array(fingerprint["median_spacing"], dtype=float)
+    spacing = np.clip(median_sp, sp_cfg.get("min", [0.0] * 3), sp_cfg.get("max", [1e9] * 3))
+    if "spacing" in ov:
+        spacing = np.array(ov["spacing"], dtype=float)
+    spacing = [round(float(s), 4) for s in spacing]
+
+    shapes = np.array([p["shape"] for p in fingerprint["per_case"].values()], dtype=float)
+    spacings = np.array([p["spacing"] for p in fingerprint["per_case"].values()], dtype=float)
+    median_resampled = np.median(shapes * spacings / np.array(spacing), axis=0)
+
+    patch_cfg = task.get("patch", {})
+    net_cfg = dict(task.get("network", {}))
+    if isinstance(ov.get("filters"), int):
+        net_cfg["filters_base"] = ov["filters"]
+    if "patch_size" in ov:
+        wanted, lo, hi = ov["patch_size"], [1, 1, 1], ov["patch_size"]
+    else:
+        wanted, lo, hi = median_resampled, patch_cfg.get("min", [32] * 3), patch_cfg.get("max", [128] * 3)
+    patch, strides, kernels = fit_patch(wanted, spacing, lo, hi, net_cfg)
+    filters = list(ov["filters"]) if isinstance(ov.get("filters"), (list, tuple)) else _filters(len(strides), net_cfg)
+    if len(filters) != len(strides):
+        # an explicit filter list fixes the depth: cut or extend the stride list to match
+        strides = (strides + [[1, 1, 1]] * len(filters))[: len(filters)]
+        kernels = (kernels + [[3, 3, 3]] * len(filters))[: len(filters)]
+
+    if "batch_size" in ov:
+        batch = int(ov["batch_size"])
+    elif device_type == "cuda" and device_memory_bytes:
+        budget = device_memory_bytes * float(patch_cfg.get("gpu_memory_fraction", 0.6))
+        while True:
+            per_sample = activation_bytes(patch, strides, filters)
+            batch = int(budget // per_sample)
+            if batch >= 2 or "patch_size" in ov:
+                break
+            # too big for the GPU: shrink the physically longest axis by one stride step
+            div = _divisors(strides)
+            ax = int(np.argmax(np.array(patch) * np.array(spacing)))
+            if patch[ax] - div[ax] < max(div[ax], 8):
+                break
+            patch[ax] -= div[ax]
+        batch = int(min(max(batch, 2), int(patch_cfg.get("max_batch_size", 32)),
+                        int(device_value(patch_cfg.get("batch_size", 2), "cuda")) * 4))
+    else:
+        batch = int(device_value(patch_cfg.get("batch_size", 2), device_type))
+
+    levels = len(strides)
+    deep_supr = int(net_cfg.get("deep_supr_num", 2))
+    deep_supr = max(0, min(deep_supr, levels - 2))
+    network = NetworkPlan(
+        filters=filters,
+        kernel_size=kernels,
+        strides=strides,
+        deep_supervision=deep_supr > 0,
+        deep_supr_num=max(deep_supr, 1),
+        res_block=bool(ov.get("res_block", net_cfg.get("res_block", False))),
+        norm_name=str(net_cfg.get("norm_name", "instance")),
+        in_channels=1,
+        out_channels=len(task.get("labels", {"background": 0, "nodule": 1})),
+    )
+
+    fg = fingerprint["foreground"]
+    int_cfg = task.get("intensity", {})
+    include = int_cfg.get("include", [fg["percentile_00_5"], fg["percentile_99_5"]])
+    clip = (min(fg["percentile_00_5"], float(include[0])), max(fg["percentile_99_5"], float(include[1])))
+    intensity = IntensityPlan(clip=clip, mean=float(fg["mean"]), std=max(float(fg["std"]), 1e-3))
+
+    inf_cfg = task.get("inference", {})
+    inference = InferencePlan(**{k: inf_cfg[k] for k in ("overlap", "blend_mode", "sw_batch_size", "threshold") if k in inf_cfg})
+    summary = {k: v for k, v in fingerprint.items() if k != "per_case"}
+    summary["median_resampled_shape"] = [float(s) for s in median_resampled]
+    return Plan(
+        task=str(task.get("name", "lung_nodule")),
+        labels={str(k): int(v) for k, v in task.get("labels", {"background": 0, "nodule": 1}).items()},
+        spacing=tuple(spacing),
+        orientation="RAS",
+        patch_size=tuple(int(p) for p in patch),
+        batch_size=batch,
+        intensity=intensity,
+        network=network,
+        inference=inference,
+        fingerprint=summary,
+    )

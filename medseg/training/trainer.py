@@ -1,0 +1,355 @@
+"""The training loop: epochs of fixed step count, validation, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.models import save_checkpoint
+from medseg.plan import Plan
+from medseg.training.distributed import DistInfo, all_reduce_sum, gather_objects
+from medseg.training.losses import build_loss
+from medseg.training.metrics import MetricsLogger
+from medseg.training.optim import WarmupCosine, build_optimizer
+
+log = logging.getLogger("medseg.training")
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 1000
+    max_time_s: float | None = None
+    steps_per_epoch: int = 50
+    num_workers: int = 0
+    seed: int = 12345
+    amp: str = "none"  # bf16 | fp16 | none (CUDA only)
+    lr: float | None = None
+    grad_clip: float = 12.0
+    log_every: int = 10
+    quiet: bool = False
+    tensorboard: bool = True
+    #: called after each epoch's checkpoint with (epoch, row); returning True stops training
+    epoch_callback: Callable[[int, dict[str, Any]], bool] | None = None
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def state_hash(model: torch.nn.Module) -> str:
+    """SHA-256 of the weights (DDP wrapper ignored): equal on all ranks of a correct DDP run."""
+    module = model.module if hasattr(model, "module") else model
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """``num_samples`` indices per rank per epoch, from one seeded permutation sliced by rank.
+
+    Like ``DistributedSampler`` (ranks see disjoint cases) but with a fixed epoch length in steps
+    independent of the dataset size, and the dataset repeated as often as needed.
+    """
+
+    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.num_samples, self.seed, self.rank, self.world = n, num_samples, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):  # noqa: ANN204
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        need = self.num_samples * self.world
+        reps = math.ceil(need / self.n)
+        idx = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])[:need]
+        return iter(idx[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class Trainer:
+    """Runs the optimisation; rank 0 writes ``last.pt``, ``best.pt`` and ``metrics.csv``."""
+
+    def __init__(
+        self, model: torch.nn.Module, plan: Plan, task: dict[str, Any], train_ds: torch.utils.data.Dataset,
+        val_ds: Sequence[dict[str, Any]], run_dir: Path, device: torch.device, dist_info: DistInfo,
+        config: TrainConfig,
+    ) -> None:
+        self.plan, self.task, self.run_dir, self.device = plan, task, Path(run_dir), device
+        self.dist, self.cfg = dist_info, config
+        self.train_ds, self.val_ds = train_ds, val_ds
+        self.model = model.to(device)
+        if dist_info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.loss_fn = build_loss(task)
+        opt_cfg = task.get("optimizer", {})
+        self.optimizer = build_optimizer(self.model, opt_cfg, config.lr)
+        total = config.max_epochs * config.steps_per_epoch if config.max_epochs else None
+        self.scheduler = WarmupCosine(self.optimizer, int(opt_cfg.get("warmup_steps", 50)), total,
+                                      config.max_time_s, float(opt_cfg.get("min_lr_fraction", 0.01)))
+        amp = config.amp if device.type == "cuda" else "none"
+        if amp == "bf16" and not torch.cuda.is_bf16_supported():
+            amp = "fp16"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.best_metric, self.best_epoch = -math.inf, -1
+        self.rows: list[dict[str, Any]] = []
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything ``--resume`` needs, as tensors and plain types (``weights_only`` safe)."""
+        return {
+            "epoch": self.epoch, "step": self.step, "elapsed_s": self.elapsed,
+            "best_metric": self.best_metric if math.isfinite(self.best_metric) else None,
+            "best_epoch": self.best_epoch,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": _rng_state(), "rows": self.rows,
+            "seed": self.cfg.seed, "world_size": self.dist.world_size,
+        }
+
+    def load_training_state(self, payload: dict[str, Any]) -> None:
+        self.module.load_state_dict(payload["state_dict"])
+        st = payload["training"]
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        # a resumed run may be given a new budget: keep the schedule's own horizon from the run
+        if st["scaler"]:
+            self.scaler.load_state_dict(st["scaler"])
+        self.epoch, self.step, self.elapsed = int(st["epoch"]), int(st["step"]), float(st["elapsed_s"])
+        self.best_metric = st["best_metric"] if st["best_metric"] is not None else -math.inf
+        self.best_epoch = int(st["best_epoch"])
+        self.rows = list(st["rows"])
+        _set_rng_state(st["rng"])
+
+    # -- loop ------------------------------------------------------------------------------
+    def _seed_epoch(self, epoch: int) -> None:
+        # Reseeding from (seed, epoch, rank) makes each epoch reproducible on its own, which is
+        # what lets a resumed run continue bit-identically from an epoch boundary.
+        s = (self.cfg.seed * 7919 + epoch * 104729 + self.dist.rank * 15485863) % (2**31)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        transform = getattr(self.train_ds, "transform", None)
+        if transform is not None and hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=s)
+
+    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        from monai.data import DataLoader
+
+        sampler = EpochSampler(len(self.train_ds), self.cfg.steps_per_epoch * self.plan.batch_size,
+                               self.cfg.seed, self.dist.rank, self.dist.world_size)
+        sampler.set_epoch(epoch)
+        g = torch.Generator().manual_seed(self.cfg.seed + epoch)
+        return DataLoader(self.train_ds, batch_size=self.plan.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.cfg.num_workers, generator=g,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _autocast(self):  # noqa: ANN202
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if any rank says so (time-limit decisions must not diverge)."""
+        return all_reduce_sum([float(flag)], self.dist, self.device)[0] > 0
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        image = _plain(batch["image"]).to(self.device, non_blocking=True)
+        label = _plain(batch["label"]).to(self.device, non_blocking=True)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = self.model(image)
+        loss = self.loss_fn(out, label)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean Dice of the foreground over this rank's share of the validation cases (all ranks)."""
+        from monai.inferers import sliding_window_inference
+
+        from medseg.transforms import pad_value
+
+        net = self.module
+        net.eval()
+        total, count = 0.0, 0
+        inf = self.plan.inference
+        for i in range(self.dist.rank, len(self.val_ds), self.dist.world_size):
+            item = self.val_ds[i]
+            image = _plain(item["image"])[None].to(self.device)
+            label = _plain(item["label"])[0].to(self.device) > 0.5
+            with self._autocast():
+                logits = sliding_window_inference(
+                    image, roi_size=self.plan.patch_size, sw_batch_size=inf.sw_batch_size, predictor=net,
+                    overlap=inf.overlap, mode=inf.blend_mode, cval=pad_value(self.plan.intensity),
+                )
+            pred = logits.float().argmax(1)[0] > 0
+            denom = int(pred.sum() + label.sum())
+            if label.sum() == 0:
+                continue  # Dice is undefined without foreground: such cases do not count
+            total += 2.0 * float((pred & label).sum()) / denom
+            count += 1
+        total, count = all_reduce_sum([total, float(count)], self.dist, self.device)
+        return total / count if count else None
+
+    @torch.no_grad()
+    def _estimate_validation_s(self) -> float:
+        """Seconds one validation pass + checkpoint should take (one case timed, scaled up)."""
+        share = len(range(self.dist.rank, len(self.val_ds), self.dist.world_size))
+        if not share:
+            return 2.0
+        from monai.inferers import sliding_window_inference
+
+        net = self.module
+        net.eval()
+        image = _plain(self.val_ds[0]["image"])[None].to(self.device)
+        t = time.monotonic()
+        with self._autocast():
+            sliding_window_inference(image, self.plan.patch_size, self.plan.inference.sw_batch_size, net,
+                                     overlap=self.plan.inference.overlap, mode=self.plan.inference.blend_mode)
+        per_case = time.monotonic() - t
+        est = all_reduce_sum([1.3 * per_case * share + 2.0], self.dist, self.device)[0] / self.dist.world_size
+        return est
+
+    def _save(self, name: str, training: bool, metrics: dict[str, Any]) -> None:
+        extra: dict[str, Any] = {"metrics": metrics}
+        if training:
+            extra["training"] = self.training_state()
+        save_checkpoint(self.run_dir / name, self.model, self.plan, self.task, extra)
+
+    def fit(self) -> Path:
+        """Train until ``max_epochs`` or the time budget; returns the best checkpoint's path."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        main = self.dist.is_main
+        logger = MetricsLogger(self.run_dir, self.rows, tensorboard=cfg.tensorboard) if main else None
+        t0 = time.monotonic() - self.elapsed
+        # time kept free for the final validation + checkpoint: estimated from one validation
+        # forward pass now, then measured after every validation
+        reserve = self._estimate_validation_s() if cfg.max_time_s else 0.0
+        step_s = 0.0
+        stop = self.epoch >= cfg.max_epochs
+        if stop and main:
+            log.info("nothing to do: epoch %d already reached max_epochs %d", self.epoch, cfg.max_epochs)
+        while not stop:
+            epoch = self.epoch
+            self._seed_epoch(epoch)
+            losses: list[float] = []
+            bar = tqdm(total=cfg.steps_per_epoch, desc=f"epoch {epoch}", leave=False,
+                       disable=cfg.quiet or not main or not sys.stderr.isatty())
+            for batch in self._loader(epoch):
+                t_step = time.monotonic()
+                losses.append(self.train_step(batch))
+                step_s = time.monotonic() - t_step if not step_s else 0.8 * step_s + 0.2 * (time.monotonic() - t_step)
+                self.step += 1
+                self.elapsed = time.monotonic() - t0
+                self.scheduler.step(self.step, self.elapsed)
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if main and not cfg.quiet and cfg.log_every and self.step % cfg.log_every == 0:
+                    log.info("epoch %d step %d loss %.4f (mean of last %d: %.4f) lr %.2e", epoch, self.step,
+                             losses[-1], min(len(losses), cfg.log_every),
+                             float(np.mean(losses[-cfg.log_every:])), self.scheduler.get_last_lr()[0])
+                if cfg.max_time_s and self._agree(self.elapsed + step_s + reserve >= cfg.max_time_s):
+                    stop = True
+                    break
+            bar.close()
+            t_val = time.monotonic()
+            dice = self.validate()
+            self.epoch = epoch + 1
+            self.elapsed = time.monotonic() - t0
+            train_loss = float(np.mean(losses)) if losses else float("nan")
+            train_loss = all_reduce_sum([train_loss], self.dist, self.device)[0] / self.dist.world_size
+            row = {"epoch": epoch, "step": self.step, "train_loss": round(train_loss, 6),
+                   "val_dice": None if dice is None else round(dice, 6),
+                   "lr": self.scheduler.get_last_lr()[0], "time": round(self.elapsed, 2)}
+            improved = dice is not None and dice > self.best_metric
+            if improved:
+                self.best_metric, self.best_epoch = dice, epoch
+            if main:
+                self.rows.append(row)
+                assert logger is not None
+                logger.rows = list(self.rows[:-1])
+                logger.log(row)
+                metrics = {"val_dice": dice, "epoch": epoch, "step": self.step, "train_loss": train_loss}
+                self._save("last.pt", True, metrics)
+                if improved or not (self.run_dir / "best.pt").exists():
+                    self._save("best.pt", False, metrics)
+                log.info("epoch %d done: step %d train_loss %.4f val_dice %s (best %s @ epoch %d) lr %.2e time %.0fs",
+                         epoch, self.step, train_loss, "n/a" if dice is None else f"{dice:.4f}",
+                         "n/a" if not math.isfinite(self.best_metric) else f"{self.best_metric:.4f}",
+                         self.best_epoch, row["lr"], self.elapsed)
+            else:
+                self.rows.append(row)
+            # measured validation + checkpoint time, with margin, is what the time budget keeps free
+            reserve = 1.5 * (time.monotonic() - t_val) + 1.0
+            if cfg.epoch_callback is not None and cfg.epoch_callback(epoch, row):
+                stop = True
+            if self.epoch >= cfg.max_epochs:
+                stop = True
+            if cfg.max_time_s and self.elapsed + reserve >= cfg.max_time_s:
+                stop = True
+            stop = self._agree(stop)
+        hashes = gather_objects(state_hash(self.model), self.dist)
+        if main:
+            from medseg.io.atomic import write_json_atomic
+
+            write_json_atomic(self.run_dir / "final.json", {
+                "epoch": self.epoch, "step": self.step, "elapsed_s": round(self.elapsed, 2),
+                "best_val_dice": self.best_metric if math.isfinite(self.best_metric) else None,
+                "best_epoch": self.best_epoch, "rank_weight_sha256": hashes,
+            })
+            if len(set(hashes)) != 1:
+                log.warning("ranks ended with different weights: %s", hashes)
+        if logger is not None:
+            logger.close()
+        return self.run_dir / "best.pt"

@@ -1,0 +1,166 @@
+"""Dataset detection, patient-wise splits, planning and the MONAI preprocessing (helper B)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.data.datasets import detect_layout, read_dataset, read_datasets
+from medseg.data.planning import fingerprint_dataset, make_plan, network_topology
+from medseg.data.splits import fold_cases, load_splits, make_splits, save_splits
+from medseg.errors import InputError
+from medseg.tasks import load_task
+
+
+def _sphere(shape=(32, 32, 32), centre=(16, 16, 16), r=5, value=1):
+    g = np.indices(shape)
+    d2 = sum((g[i] - centre[i]) ** 2 for i in range(3))
+    return (d2 <= r * r).astype(np.uint8) * value
+
+
+def _write(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 1.0), lps: bool = False) -> None:
+    aff = np.diag([*spacing, 1.0])
+    if lps:  # LPS-ordered array: x and y axes point the other way in RAS
+        aff[0, 0], aff[1, 1] = -spacing[0], -spacing[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, aff), str(path))
+
+
+def make_pairs(root: Path, names, spacing=(1.0, 1.0, 1.0)) -> Path:
+    for i, n in enumerate(names):
+        m = _sphere(centre=(14 + i % 4, 16, 16))
+        img = np.where(m > 0, 40, -800).astype(np.int16)
+        _write(root / "image" / f"{n}.nii.gz", img, spacing, lps=True)
+        _write(root / "mask" / f"{n}.nii.gz", m, spacing, lps=True)
+    return root
+
+
+def test_pairs_layout_groups_lidc_patients(tmp_path):
+    root = make_pairs(tmp_path / "vois", ["LIDC-IDRI-0001_R_1", "LIDC-IDRI-0001_R_2", "LIDC-IDRI-0002_R_1", "other"])
+    assert detect_layout(root) == "pairs"
+    cases = {c.key: c for c in read_dataset(root)}
+    assert cases["vois/LIDC-IDRI-0001_R_2"].group == "LIDC-IDRI-0001"
+    assert cases["vois/LIDC-IDRI-0002_R_1"].group == "LIDC-IDRI-0002"
+    assert cases["vois/other"].group == "vois/other"  # no patient id: its own group
+
+
+def test_msd_layouts(tmp_path):
+    root = tmp_path / "Task01"
+    for n in ("a_001", "a_002"):
+        _write(root / "imagesTr" / f"{n}_0000.nii.gz", np.zeros((8, 8, 8), np.int16))
+        _write(root / "labelsTr" / f"{n}.nii.gz", _sphere((8, 8, 8), (4, 4, 4), 2))
+    (root / "dataset.json").write_text(json.dumps({"name": "x"}))
+    assert detect_layout(root) == "msd"
+    cases = read_dataset(root)
+    assert [Path(c.image).name for c in cases] == ["a_001_0000.nii.gz", "a_002_0000.nii.gz"]
+    # MSD's explicit training list
+    (root / "dataset.json").write_text(json.dumps({"training": [
+        {"image": "./imagesTr/a_002_0000.nii.gz", "label": "./labelsTr/a_002.nii.gz"}]}))
+    assert [c.key for c in read_dataset(root)] == ["Task01/a_002"]
+
+
+def test_phantom_set_and_combined_datasets(tmp_path):
+    ph = tmp_path / "phantoms"
+    inst = _sphere(r=3) + _sphere(centre=(8, 8, 8), r=3, value=2)  # instance labels 1 and 2
+    _write(ph / "p0.nii.gz", np.where(inst > 0, 30, -900).astype(np.int16))
+    _write(ph / "p0_nodules.nii.gz", inst.astype(np.uint16))
+    _write(ph / "p0_lungs.nii.gz", np.ones((32, 32, 32), np.uint8))
+    assert detect_layout(ph) == "phantoms"
+    pairs = make_pairs(tmp_path / "vois", ["LIDC-IDRI-0003_R_1"])
+    cases = read_datasets([ph, pairs])
+    assert sorted(c.key for c in cases) == ["phantoms/p0", "vois/LIDC-IDRI-0003_R_1"]
+    assert {c.layout for c in cases} == {"phantoms", "pairs"}
+    with pytest.raises(InputError):
+        detect_layout(tmp_path / "vois" / "image" / ".." / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="layout"):
+        read_dataset(tmp_path / "empty")
+
+
+def test_instance_labels_become_foreground_and_ras_orientation(tmp_path):
+    from medseg.plan import IntensityPlan, Plan
+    from medseg.transforms import val_transforms
+
+    ph = tmp_path / "ph"
+    inst = np.zeros((32, 32, 32), np.uint16)
+    inst[1:4, 1:4, 10:13] = 7  # near array index 0 along i/j
+    ct = np.full((32, 32, 32), -900, np.int16)
+    ct[0, 0, 0] = 1000
+    _write(ph / "s.nii.gz", ct, lps=True)
+    _write(ph / "s_nodules.nii.gz", inst, lps=True)
+    plan = Plan(spacing=(1.0, 1.0, 1.0), patch_size=(16, 16, 16),
+                intensity=IntensityPlan(clip=(-1000.0, 1000.0), mean=0.0, std=1000.0))
+    item = val_transforms(plan)({"image": str(ph / "s.nii.gz"), "label": str(ph / "s_nodules.nii.gz")})
+    label, image = np.asarray(item["label"][0]), np.asarray(item["image"][0])
+    assert set(np.unique(label)) == {0.0, 1.0}
+    # LPS -> RAS flips i and j: the marker at [0, 0, 0] moves to [31, 31, 0]
+    assert image[31, 31, 0] == pytest.approx(1.0)
+    assert label[28:31, 28:31, 10:13].all() and label.sum() == 27
+
+
+def test_patient_wise_split_is_disjoint_and_reproducible(tmp_path):
+    names = [f"LIDC-IDRI-{p:04d}_R_{k}" for p in range(1, 9) for k in range(1, 1 + p % 3 + 1)]
+    root = make_pairs(tmp_path / "vois", names)
+    cases = read_dataset(root)
+    splits = make_splits(cases, folds=3, seed=7)
+    seen_val = []
+    for k in range(3):
+        train, val = fold_cases(cases, splits, k)
+        assert not {c.group for c in train} & {c.group for c in val}
+        assert len(train) + len(val) == len(cases)
+        seen_val += [c.key for c in val]
+    assert sorted(seen_val) == sorted(c.key for c in cases)
+    save_splits(splits, tmp_path / "splits.json")
+    again = load_splits(tmp_path / "splits.json")
+    assert [c.key for c in fold_cases(cases, again, 1)[1]] == [c.key for c in fold_cases(cases, splits, 1)[1]]
+    assert make_splits(cases, folds=3, seed=7) == splits
+    assert make_splits(cases, folds=3, seed=8)["folds"] != splits["folds"]
+
+
+def test_stride_rule_keeps_thin_axis_at_least_4_voxels():
+    strides, kernels = network_topology([64, 64, 8], [0.7, 0.7, 2.5], max_levels=6, min_feature_size=4)
+    z = int(np.prod([s[2] for s in strides]))
+    assert 8 // z >= 4
+    assert strides[1] == [2, 2, 1]  # coarse z is not downsampled before in-plane catches up
+    assert kernels[0] == [3, 3, 1]
+    xy = int(np.prod([s[0] for s in strides]))
+    assert 64 // xy >= 4 and 64 // (xy * 2) < 4 or len(strides) == 6
+
+
+def test_plan_from_fingerprint(tmp_path):
+    root = tmp_path / "vois"
+    for i, sp in enumerate([(0.7, 0.7, 2.0), (0.8, 0.8, 1.5), (0.75, 0.75, 1.8)]):
+        m = _sphere(r=4)
+        _write(root / "image" / f"LIDC-IDRI-000{i}_R_1.nii.gz", np.where(m > 0, 100 + 10 * i, -850).astype(np.int16), sp)
+        _write(root / "mask" / f"LIDC-IDRI-000{i}_R_1.nii.gz", m, sp)
+    cases = read_dataset(root)
+    fp = fingerprint_dataset(cases, samples_per_case=1000)
+    assert fp["median_spacing"] == pytest.approx([0.75, 0.75, 1.8])
+    assert 100 <= fp["foreground"]["mean"] <= 120
+    task = load_task("lung_nodule")
+    plan = make_plan(fp, task, "cpu")
+    assert plan.spacing == pytest.approx((0.75, 0.75, 1.8))
+    assert plan.intensity.clip[0] <= -1000 and plan.intensity.clip[1] >= 400
+    div = [int(np.prod([s[a] for s in plan.network.strides])) for a in range(3)]
+    assert all(p % d == 0 for p, d in zip(plan.patch_size, div))
+    assert all(p >= lo for p, lo in zip(plan.patch_size, task["patch"]["min"]))
+    assert len(plan.network.filters) == len(plan.network.strides)
+    gpu = make_plan(fp, task, "cuda", device_memory_bytes=80e9)
+    small = make_plan(fp, task, "cuda", device_memory_bytes=0.5e9)
+    assert gpu.batch_size >= small.batch_size >= 2
+    over = make_plan(fp, task, "cpu", overrides={"patch_size": [32, 32, 16], "filters": [8, 16, 32], "batch_size": 3})
+    assert over.patch_size == (32, 32, 16) and over.network.filters == [8, 16, 32] and over.batch_size == 3
+
+
+def test_user_task_file_overrides_bundled_defaults(tmp_path):
+    p = tmp_path / "my.yaml"
+    p.write_text("name: liver\nlabels: {background: 0, tumour: 1}\nsampling: {pos: 1}\n")
+    t = load_task(p)
+    assert t["name"] == "liver" and t["labels"] == {"background": 0, "tumour": 1}
+    assert t["sampling"] == {"pos": 1, "neg": 1} and "optimizer" in t
+    with pytest.raises(InputError):
+        load_task(tmp_path / "nope.yaml")
