@@ -1,0 +1,91 @@
+"""The ROI / slab-wise sliding window reproduces MONAI's sliding_window_inference inside the mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+from medseg.inference.sliding_window import sliding_window_probability, window_grid
+from medseg.models import build_network
+from medseg.plan import NetworkPlan
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny windows on a shared 2-core box: thread hand-offs cost far more than the convolutions
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    plan = NetworkPlan(filters=[8, 16, 32], kernel_size=[[3, 3, 3]] * 3,
+                       strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], deep_supr_num=1)
+    return build_network(plan).eval()
+
+
+def monai_probability(image: np.ndarray, net, roi, overlap, batch) -> np.ndarray:
+    with torch.inference_mode():
+        logits = sliding_window_inference(torch.from_numpy(image)[None, None], roi, batch, net,
+                                          overlap=overlap, mode="gaussian")
+    return torch.softmax(logits, 1)[0, 1].numpy()
+
+
+@pytest.mark.parametrize("batch,overlap", [(1, 0.5), (3, 0.25)])
+def test_masked_slab_path_equals_monai_inside_mask(net, batch, overlap) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(40, 34, 30)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[6:12, 5:10, 18:24] = True  # a "lung" well inside: many windows never touch it
+    mask[33:36, 25:30, 2:5] = True
+    roi = (16, 16, 8)
+    prob, counts = sliding_window_probability(image, net, roi, overlap=overlap, sw_batch_size=batch, mask=mask)
+    ref = monai_probability(image, net, roi, overlap, batch)
+    assert prob.shape == image.shape and prob.dtype == np.float32
+    np.testing.assert_allclose(prob[mask], ref[mask], atol=1e-5)
+    assert counts["windows_run"] < counts["windows_total"]
+    assert counts["windows_total"] == len(window_grid(image.shape, roi, overlap))
+    covered = np.zeros(image.shape, bool)
+    skipped = np.zeros(image.shape, bool)
+    for w in window_grid(image.shape, roi, overlap):
+        if mask[w].any():
+            covered[w] = True
+        else:
+            skipped[w] = True
+    assert np.all(prob[~covered] == 0)  # nothing ran there: zero, not garbage
+    exact = covered & ~skipped  # every window reaching these voxels was run
+    np.testing.assert_allclose(prob[exact], ref[exact], atol=1e-5)
+
+
+def test_unmasked_equals_monai_everywhere_and_pads_like_monai(net) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(26, 12, 10)).astype(np.float32)  # smaller than the window on two axes
+    roi = (16, 16, 16)
+    prob, counts = sliding_window_probability(image, net, roi, overlap=0.5, sw_batch_size=2)
+    np.testing.assert_allclose(prob, monai_probability(image, net, roi, 0.5, 2), atol=1e-5)
+    assert counts["windows_run"] == counts["windows_total"]
+
+
+def test_empty_mask_runs_nothing(net) -> None:
+    image = np.zeros((24, 24, 16), np.float32)
+    prob, counts = sliding_window_probability(image, net, (24, 24, 16), mask=np.zeros(image.shape, bool))
+    assert counts["windows_run"] == 0 and not prob.any()
+
+
+def test_tta_is_flip_average_of_logit_differences(net) -> None:
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(16, 16, 8)).astype(np.float32)  # one window: flips map it onto itself
+    prob, _ = sliding_window_probability(image, net, (16, 16, 8), tta=True)
+    x = torch.from_numpy(image)[None, None]
+    diffs = []
+    with torch.inference_mode():
+        for axes in [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]:
+            lo = net(torch.flip(x, axes) if axes else x)
+            lo = torch.flip(lo, axes) if axes else lo
+            diffs.append((lo[0, 1] - lo[0, 0]).numpy())
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-np.mean(diffs, axis=0))), atol=1e-5)
