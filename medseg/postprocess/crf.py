@@ -24,11 +24,13 @@ class CRFSettings:
     iterations: int = 5
     pad_mm: float = 6.0               # margin around each candidate's bounding box
     smooth_sigma_mm: float = 1.0      # spatial smoothness kernel
-    smooth_weight: float = 3.0
-    bilateral_sigma_mm: float = 3.0   # spatial extent of the appearance kernel
-    bilateral_sigma_hu: float = 30.0  # intensity difference that counts as "same tissue"
-    bilateral_weight: float = 5.0
+    smooth_weight: float = 0.0        # per unit of kernel mass (see _kernel_mass); 0: off, it
+                                      # only eroded nodules in the sweep (benchmarks/crf_benchmark.py)
+    bilateral_sigma_mm: float = 1.5   # spatial extent of the appearance kernel
+    bilateral_sigma_hu: float = 20.0  # intensity difference that counts as "same tissue"
+    bilateral_weight: float = 2.0     # vs the unary log-odds; the kernel is row-normalised
     hu_window: tuple[float, float] = (-1000.0, 400.0)  # clip before the bilateral kernel
+    normalize: str = "before"        # bilateral kernel rows sum to 1 ("before") or mass-scaled
     min_voxels: int = 4               # candidates smaller than this are left as they are
 
 
@@ -41,6 +43,20 @@ def _require_pydensecrf():
             "CRF refinement needs pydensecrf2: pip install 'medseg[crf]' (or disable crf)"
         ) from exc
     return dcrf, dutils
+
+
+def _kernel_mass(sigma_vox: np.ndarray) -> float:
+    """Sum of the Gaussian's weights over the voxel grid, self excluded.
+
+    Pairwise weights are divided by it, so a weight means the same energy (relative to the unary
+    -log p) whatever the spacing and kernel width: a fixed per-pair weight would let a wide
+    kernel on fine voxels outvote the network and erode small nodules away.
+    """
+    mass = 1.0
+    for s in sigma_vox:
+        n = np.arange(-int(np.ceil(4 * s)) - 1, int(np.ceil(4 * s)) + 2)
+        mass *= float(np.exp(-(n**2) / (2 * s * s)).sum())
+    return max(mass - 1.0, 1e-6)
 
 
 def crf_box(
@@ -58,16 +74,18 @@ def crf_box(
     n = p.size
     crf = dcrf.DenseCRF(n, 2)
     crf.setUnaryEnergy(np.ascontiguousarray(dutils.unary_from_softmax(softmax)))
+    smooth = s.smooth_sigma_mm / sp
     crf.addPairwiseEnergy(
-        dutils.create_pairwise_gaussian(sdims=tuple(s.smooth_sigma_mm / sp), shape=p.shape),
-        compat=s.smooth_weight,
+        dutils.create_pairwise_gaussian(sdims=tuple(smooth), shape=p.shape),
+        compat=s.smooth_weight / _kernel_mass(smooth),
     )
+    norm = dcrf.NORMALIZE_BEFORE if s.normalize == "before" else dcrf.NORMALIZE_SYMMETRIC
     hu = np.clip(image.astype(np.float32), *s.hu_window)
+    bil = s.bilateral_sigma_mm / sp
     crf.addPairwiseEnergy(
-        dutils.create_pairwise_bilateral(
-            sdims=tuple(s.bilateral_sigma_mm / sp), schan=(s.bilateral_sigma_hu,), img=hu, chdim=-1
-        ),
-        compat=s.bilateral_weight,
+        dutils.create_pairwise_bilateral(sdims=tuple(bil), schan=(s.bilateral_sigma_hu,), img=hu, chdim=-1),
+        compat=s.bilateral_weight if s.normalize == "before" else s.bilateral_weight / _kernel_mass(bil),
+        kernel=dcrf.DIAG_KERNEL, normalization=norm,
     )
     q = np.asarray(crf.inference(s.iterations), dtype=np.float32)
     return q[1].reshape(p.shape)
