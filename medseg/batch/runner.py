@@ -225,11 +225,14 @@ def _init_worker(settings: dict[str, Any], threads: int, gpu_queue: Any, preload
     global _THREADS_SET
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    _THREADS_SET = True
+    # Read by torch/OpenMP when they load, so worker processes do not oversubscribe the cores.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(max(1, threads))
     if preload:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        _THREADS_SET = True
         try:
             get_segmenter(settings)
         except Exception:  # reported per case by execute_case, which retries the build
