@@ -42,6 +42,16 @@ def test_dilated_boundary_moves_to_intensity_edge(prob_radius):
     assert len(feats) == 1 and dice(labels > 0, truth) == pytest.approx(dice(after, truth))
 
 
+def test_torch_backend_agrees_with_pydensecrf():
+    # same model, exact truncated kernels: also pulls the dilated boundary onto the edge
+    image, prob, truth = scene(SPACING, shape_mm=(30.0, 30.0, 30.0), centre=(15.0, 15.0, 15.0), prob_radius=7.0)
+    before = prob >= 0.5
+    exact = refine(prob, image, SPACING, settings=CRFSettings(backend="torch"))
+    lattice = refine(prob, image, SPACING)
+    assert dice(exact, truth) > dice(before, truth) + 0.1
+    assert dice(exact, lattice) > 0.85
+
+
 def test_same_physical_scene_same_result_on_different_grids():
     # kernels in mm: the same nodule and probability sampled on three grids give the same world
     # volume after refinement (threshold alone: (7/6)^3 = 1.59 x the nodule)
