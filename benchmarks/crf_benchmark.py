@@ -4,7 +4,8 @@
                                        [--limit N] [--quick] [--crf key=value ...] [--json]
 
 Validation crops are those of patients held out from training: the ``val`` patients of the
-model's run (``splits.json`` beside the checkpoint, or the checkpoint's recorded split), else the
+model's run (``splits.json`` and the fold in ``config.json`` beside the checkpoint, or the
+checkpoint's recorded split), else the
 last 20% of patients by id. For each crop the nodule probability comes from
 
 - ``model``: the network, through ``Segmenter(model=CKPT, lung_mask=False).predict_probabilities``
@@ -46,13 +47,8 @@ def validation_patients(patients: list[str], model: str | None) -> tuple[set[str
         splits = run_dir / "splits.json"
         if splits.is_file():
             data = json.loads(splits.read_text())
-            fold = 0
-            try:
-                from medseg.models import load_checkpoint_dict
-
-                fold = int(load_checkpoint_dict(model).get("fold", 0) or 0)
-            except Exception:  # the split file alone is enough
-                pass
+            config = run_dir / "config.json"  # the training run records its fold there
+            fold = int(json.loads(config.read_text()).get("fold", 0)) if config.is_file() else 0
             val = {m.group(0) for key in data["folds"][fold]["val"] for m in [PATIENT.search(str(key))] if m}
             if val:
                 return val, f"{splits} fold {fold}"
@@ -102,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke size: 8 crops")
     parser.add_argument("--threshold", type=float, default=None, help="default: the plan's (model) or 0.5")
     parser.add_argument("--crf", nargs="*", default=[], metavar="KEY=VALUE", help="CRFSettings overrides")
+    parser.add_argument("--backends", default="pydensecrf",
+                        help="comma list of CRF backends to measure in this run: pydensecrf,torch")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
 
@@ -126,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     crops = [p for p in images if PATIENT.search(p.name).group(0) in val]
     limit = 8 if args.quick and args.limit is None else args.limit
     crops = crops[:limit] if limit else crops
-    settings = parse_overrides(args.crf)
+    base = parse_overrides(args.crf)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    per_backend = {b: dataclasses.replace(base, backend=b) for b in backends}
 
     segmenter, threshold = None, 0.5
     if source == "model":
@@ -145,40 +145,52 @@ def main(argv: list[str] | None = None) -> int:
             prob = segmenter.predict_probabilities(image)
         else:
             prob = blurred_gt(gt, image.spacing, seed=zlib.crc32(path.name.encode()))
-        t0 = time.perf_counter()
-        refined = refine(prob, hu, image.spacing, threshold, settings)
-        seconds = time.perf_counter() - t0
-        rows.append({"file": path.name, "voxels": int(hu.size), "without": dice(prob >= threshold, gt),
-                     "with": dice(refined, gt), "crf_seconds": seconds})
+        row = {"file": path.name, "voxels": int(hu.size), "without": dice(prob >= threshold, gt)}
+        for b, settings in per_backend.items():
+            t0 = time.perf_counter()
+            refined = refine(prob, hu, image.spacing, threshold, settings)
+            row[f"{b}_seconds"] = time.perf_counter() - t0
+            row[b] = dice(refined, gt)
+        rows.append(row)
 
     without = np.array([r["without"] for r in rows])
-    with_ = np.array([r["with"] for r in rows])
-    secs = np.array([r["crf_seconds"] for r in rows])
-    diff = with_ - without
     result = {
         "source": source,
         "model": model if source == "model" else None,
         "split": split_from,
         "crops": len(rows),
         "threshold": threshold,
-        "crf_settings": dataclasses.asdict(settings),
+        "crf_settings": {k: v for k, v in dataclasses.asdict(base).items() if k != "backend"},
         "dice_without_crf": round(float(without.mean()), 4),
-        "dice_with_crf": round(float(with_.mean()), 4),
         "dice_median_without_crf": round(float(np.median(without)), 4),
-        "dice_median_with_crf": round(float(np.median(with_)), 4),
-        "dice_delta_mean": round(float(diff.mean()), 4),
-        "ratio_with_vs_without": round(float(with_.mean() / max(without.mean(), 1e-9)), 4),
-        "improved": int((diff > 0.005).sum()),
-        "worsened": int((diff < -0.005).sum()),
-        "worst_delta": round(float(diff.min()), 4),
-        "crf_seconds_per_nodule_mean": round(float(secs.mean()), 4),
-        "crf_seconds_per_nodule_median": round(float(np.median(secs)), 4),
+        "crf": {},
     }
+    for b in per_backend:
+        with_ = np.array([r[b] for r in rows])
+        secs = np.array([r[f"{b}_seconds"] for r in rows])
+        diff = with_ - without
+        result["crf"][b] = {
+            "dice_with_crf": round(float(with_.mean()), 4),
+            "dice_median_with_crf": round(float(np.median(with_)), 4),
+            "dice_delta_mean": round(float(diff.mean()), 4),
+            "ratio_with_vs_without": round(float(with_.mean() / max(without.mean(), 1e-9)), 4),
+            "improved": int((diff > 0.005).sum()),
+            "worsened": int((diff < -0.005).sum()),
+            "worst_delta": round(float(diff.min()), 4),
+            "crf_seconds_per_nodule_mean": round(float(secs.mean()), 4),
+            "crf_seconds_per_nodule_median": round(float(np.median(secs)), 4),
+        }
     if args.json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
-            print(f"{k:>30}: {v}")
+            if k == "crf":
+                for b, figures in v.items():
+                    print(f"{'CRF ' + b:>30}:")
+                    for kk, vv in figures.items():
+                        print(f"{kk:>30}: {vv}")
+            else:
+                print(f"{k:>30}: {v}")
     return 0
 
 

@@ -123,3 +123,19 @@ def test_grid_mismatch_and_missing_case_are_input_errors(folders, tmp_path, caps
         evaluate(pred_dir, gt_dir)
     assert main(["evaluate", str(other), str(gt)]) == 2
     assert "differs from ground truth" in capsys.readouterr().err
+
+
+def test_phantom_set_ground_truth_and_infer_named_predictions(tmp_path):
+    # phantom set: <name>.nii.gz (CT) beside <name>_nodules.nii.gz; infer writes <name>_nodules too
+    gt_dir, pred_dir = tmp_path / "set", tmp_path / "out"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    gt, prob = hand_counted_cases()[1]
+    ref = Volume(array=gt, spacing=SPACING)
+    write_volume(ref.with_array(np.full(SHAPE, -800, np.int16)), gt_dir / "ph0.nii.gz")
+    write_volume(ref, gt_dir / "ph0_nodules.nii.gz")
+    write_volume(ref.with_array((gt > 0).astype(np.uint8)), gt_dir / "ph0_lungs.nii.gz")
+    write_volume(ref.with_array((prob > 0).astype(np.uint8)), pred_dir / "ph0_nodules.nii.gz")
+    r = evaluate(pred_dir, gt_dir, quiet=True)
+    assert r["n_cases"] == 1 and r["cases"][0]["case"] == "ph0"
+    assert (r["n_gt_lesions"], r["n_detected"], r["n_false_positives"]) == (2, 2, 3)

@@ -144,10 +144,12 @@ def _mean_field(probability, image, spacing, s: CRFSettings, dev) -> np.ndarray:
                 if di == dj == dk == 0:
                     continue
                 d = np.array([di, dj, dk], dtype=np.float64)
-                sb = float(np.exp(-0.5 * np.sum((d / sig_b) ** 2)))
-                ss = float(np.exp(-0.5 * np.sum((d / sig_s) ** 2))) if use_s else 0.0
-                if sb < 1e-3 and ss < 1e-3:
+                zb, zs = np.sum((d / sig_b) ** 2), np.sum((d / sig_s) ** 2)
+                # ellipsoidal truncation: the box corners add ~half the work for weights < e^-2
+                if zb > s.truncate**2 and (not use_s or zs > s.truncate**2):
                     continue
+                sb = float(np.exp(-0.5 * zb))
+                ss = float(np.exp(-0.5 * zs)) if use_s else 0.0
                 view = tuple(slice(r + o, r + o + n) for r, o, n in zip(rad, (di, dj, dk), shape))
                 w = sb * torch.exp(-0.5 * ((hu - hu_pad[view]) / s.bilateral_sigma_hu) ** 2) * valid[view]
                 offsets.append(view)
