@@ -233,3 +233,22 @@ def test_kill_9_then_rerun_every_case_done_exactly_once(tmp_path, tiny_model):
     assert not list((state / "work").iterdir())
     assert hashes(inp) == before
     assert json.loads((state / "c0.done.json").read_text())["status"] == "done"
+
+
+def test_cli_pipeline_file_exit_codes_and_repeat(tmp_path, tiny_model, capsys):
+    from medseg.cli import main
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_volume(Volume(chest(3), spacing=(1.5, 1.5, 2.0)), inp / "ok.nii.gz")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"input: {inp}\noutput: {out}\ninference:\n  model: {tiny_model}\n  device: cpu\n"
+                    "  preview: false\nexecution:\n  workers: 3\n")
+    assert main(["batch", "--pipeline", str(pipe), "--workers", "0", "--quiet"]) == 0  # flag overrides file
+    resolved = yaml.safe_load((out / "pipeline.yaml").read_text())
+    assert resolved["execution"]["workers"] == 0 and resolved["inference"]["preview"] is False
+    assert not list((out / "ok").glob("*_preview.png"))
+    (inp / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    assert main(["batch", "--pipeline", str(out / "pipeline.yaml"), "--quiet"]) == 1  # repeat: one failed
+    rows = {r["case_id"]: r["status"] for r in read_csv(out / "summary.csv")}
+    assert rows == {"broken": "failed", "ok": "done"}
+    assert main(["batch", str(tmp_path / "missing"), "-o", str(out), "--quiet"]) == 2

@@ -142,6 +142,8 @@ def execute_case(case: Case, out_dir: str, settings: dict[str, Any], case_fn: Ca
             _THREADS_SET = True
         work = state.new_work_dir(case.case_id)
         result = (case_fn or segment_case)(case, work, settings)
+        if _orphaned():  # the batch was killed: a re-run owns OUT now, publish nothing
+            os._exit(1)
         final = state.publish(case.case_id, work)
         work = None
         record.update(
@@ -164,6 +166,8 @@ def execute_case(case: Case, out_dir: str, settings: dict[str, Any], case_fn: Ca
 
             shutil.rmtree(work, ignore_errors=True)
     record["runtime_s"] = round(time.perf_counter() - start, 3)
+    if _orphaned():
+        os._exit(1)
     try:
         state.record(record)
     except OSError as exc:  # OUT unwritable: the parent still learns the result
@@ -218,11 +222,17 @@ def _worker_died(case: Case, out_dir: str) -> dict[str, Any]:
 
 
 # -- local process pool ------------------------------------------------------------------------
-_WORKER_CASE_FN: CaseFunction | None = None
+_PARENT_PID: int | None = None
+
+
+def _orphaned() -> bool:
+    """True in a pool worker whose batch process has died (e.g. ``kill -9`` of the batch only)."""
+    return _PARENT_PID is not None and os.getppid() != _PARENT_PID
 
 
 def _init_worker(settings: dict[str, Any], threads: int, gpu_queue: Any, preload: bool) -> None:
-    global _THREADS_SET
+    global _THREADS_SET, _PARENT_PID
+    _PARENT_PID = os.getppid()
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     # Read by torch/OpenMP when they load, so worker processes do not oversubscribe the cores.
@@ -296,6 +306,9 @@ def _dask_client(scheduler: str | None, cluster: dict[str, Any] | None, workers:
     """(client, cluster we started or None)."""
     from distributed import Client, LocalCluster
 
+    for name in ("distributed", "dask_jobqueue"):  # their INFO chatter would drown the case log
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
     if scheduler and scheduler != "local":
         return Client(scheduler), None
     spec = dict(cluster or {"type": "local"})
@@ -304,7 +317,7 @@ def _dask_client(scheduler: str | None, cluster: dict[str, Any] | None, workers:
         spec.setdefault("n_workers", workers)
         spec.setdefault("threads_per_worker", 1)
         spec.setdefault("processes", True)
-        spec.setdefault("dashboard_address", None)
+        spec.setdefault("dashboard_address", ":0")  # any free port: never clash with a running cluster
         started = LocalCluster(**spec)
     else:
         import dask_jobqueue
