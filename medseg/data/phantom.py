@@ -919,6 +919,7 @@ class _Generator:
             "origin": [round(float(v), 6) for v in origin],
             "direction": [float(v) for v in direction.flatten()],
             "orientation": orientation,
+            "modality": "CT",
             "noise_hu": float(noise_hu),
             "lung_volume_ml": round(float(self.lungs.sum()) * vv / 1000.0, 2),
             "diameter_definition": "equivalent-sphere diameter of the voxel-counted label volume",
