@@ -48,16 +48,55 @@ def _ornt_to(volume: Volume, axcodes: str) -> tuple[np.ndarray, np.ndarray]:
     return nib.orientations.ornt_transform(src, dst), nib.orientations.ornt_transform(dst, src)
 
 
-def _resample(t: torch.Tensor, size: tuple[int, ...], mode: str = "trilinear") -> torch.Tensor:
-    """Corner-aligned resampling of a [X, Y, Z] tensor (first/last voxel centres stay put)."""
-    if tuple(t.shape) == tuple(size):
-        return t
-    kw = {"align_corners": True} if mode == "trilinear" else {}
-    return torch.nn.functional.interpolate(t[None, None], size=size, mode=mode, **kw)[0, 0]
+def interp_axis(array: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``array`` along ``axis`` at fractional ``positions`` (clamped)."""
+    n = array.shape[axis]
+    if n == 1:
+        return np.repeat(array, len(positions), axis=axis)
+    pos = np.clip(np.asarray(positions, dtype=np.float64), 0, n - 1)
+    i0 = np.minimum(np.floor(pos).astype(np.intp), n - 2)
+    w = (pos - i0).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = len(pos)
+    w = w.reshape(shape)
+    a0 = np.take(array, i0, axis=axis).astype(np.float32, copy=False)
+    a1 = np.take(array, i0 + 1, axis=axis).astype(np.float32, copy=False)
+    a1 -= a0
+    a1 *= w
+    a0 += a1
+    return a0
 
 
-def _target_size(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]) -> tuple[int, ...]:
-    return tuple(max(1, int(round((n - 1) * s / t)) + 1) for n, s, t in zip(shape, spacing, target))
+def interp3(array: np.ndarray, positions: list[np.ndarray]) -> np.ndarray:
+    """Separable trilinear resampling at per-axis positions (shrinking axes first, to save work)."""
+    order = sorted(range(3), key=lambda a: len(positions[a]) / max(array.shape[a], 1))
+    out = array
+    for a in order:
+        out = interp_axis(out, positions[a], a)
+    return np.asarray(out, dtype=np.float32)
+
+
+def model_grid_size(n: int, spacing: float, target: float) -> int:
+    """Voxels of the plan-spacing grid anchored at voxel 0 that fit inside ``n`` input voxels."""
+    return int(np.floor((n - 1) * spacing / target + 1e-6)) + 1
+
+
+def snap_roi(k0: int, k1: int, m: int, window: int, overlap: float) -> tuple[int, int]:
+    """The span of the whole-axis windows that overlap ``[k0, k1)``.
+
+    MONAI places windows at multiples of the scan interval from 0 plus one last window flush with
+    the axis end. Running the window grid on this span visits exactly those windows, so every
+    voxel whose windows are all run gets the same blended value as a whole-volume run.
+    """
+    from medseg.inference.sliding_window import window_grid
+
+    if m <= window:
+        return 0, m
+    starts = [w[0].start for w in window_grid((m, window, window), (window, window, window), overlap)]
+    hit = [s for s in starts if s < k1 and s + window > k0]
+    if not hit:  # empty request: the window nearest to it
+        hit = [min(starts, key=lambda s: abs(s - k0))]
+    return min(hit), max(hit) + window
 
 
 @dataclass
@@ -111,6 +150,56 @@ class Predictor:
         model, plan, _ = load_model(path, device=dev)
         return cls(model, plan, device=dev, **kwargs)
 
+    # ----------------------------------------------------------------- geometry
+    def model_geometry(self, volume: Volume, lung_mask: np.ndarray | None) -> dict[str, Any] | None:
+        """Where the network runs, in three index spaces (``None`` when the mask is empty).
+
+        ``fwd``/``back``: nibabel orientation transforms input <-> plan orientation; ``scale``:
+        input voxels per model voxel along the reoriented axes; ``k``: model-grid ranges (plan
+        spacing, anchored at the reoriented volume's voxel 0); ``src``: reoriented input ranges
+        read to fill them; ``dst``: reoriented input ranges that receive probabilities.
+        """
+        from medseg.inference.lung_mask import bounding_box
+
+        fwd, back = _ornt_to(volume, self.plan.orientation)
+        perm = fwd[:, 0].argsort()  # reoriented axis j comes from input axis perm[j]
+        shape = [volume.shape[int(a)] for a in perm]
+        spacing = [volume.spacing[int(a)] for a in perm]
+        if lung_mask is not None:
+            margin = tuple(int(np.ceil(LUNG_MARGIN_MM / s)) for s in volume.spacing)
+            box = bounding_box(lung_mask, margin)
+            if box is None:
+                return None
+        else:
+            box = tuple(slice(0, n) for n in volume.shape)
+        k, src, dst = [], [], []
+        scale = [t / s for s, t in zip(spacing, self.plan.spacing)]
+        for j in range(3):
+            a = int(perm[j])
+            lo, hi = box[a].start, box[a].stop
+            if fwd[a, 1] < 0:
+                lo, hi = shape[j] - hi, shape[j] - lo
+            m = model_grid_size(shape[j], spacing[j], self.plan.spacing[j])
+            k0 = int(np.floor(lo / scale[j] + 1e-6))
+            k1 = min(m, int(np.ceil((hi - 1) / scale[j] - 1e-6)) + 1)
+            k0, k1 = snap_roi(k0, k1, m, self.window[j], self.overlap)
+            k.append((k0, k1))
+            src.append((int(np.floor(k0 * scale[j] + 1e-6)), min(shape[j], int(np.floor((k1 - 1) * scale[j] + 1e-6)) + 2)))
+            d1 = shape[j] if k1 == m else min(shape[j], int(np.floor((k1 - 1) * scale[j] + 1e-6)) + 1)
+            dst.append((int(np.ceil(k0 * scale[j] - 1e-6)), d1))  # the axis end: edge values held
+        return {"fwd": fwd, "back": back, "perm": perm, "shape": shape, "scale": scale, "k": k, "src": src, "dst": dst}
+
+    @staticmethod
+    def _input_box(geo: dict[str, Any], ranges: list[tuple[int, int]]) -> tuple[slice, slice, slice]:
+        """Reoriented-index ranges -> slices of the input array."""
+        out: list[slice] = [slice(0, 0)] * 3
+        for j, (lo, hi) in enumerate(ranges):
+            a = int(geo["perm"][j])
+            if geo["fwd"][a, 1] < 0:
+                lo, hi = geo["shape"][j] - hi, geo["shape"][j] - lo
+            out[a] = slice(lo, hi)
+        return tuple(out)  # type: ignore[return-value]
+
     # ----------------------------------------------------------------- prediction
     def predict_roi(
         self,
@@ -118,38 +207,33 @@ class Predictor:
         lung_mask: np.ndarray | None = None,
         progress: Any = None,
     ) -> RoiPrediction:
-        """Probability in the lung bounding box (or the whole volume when ``lung_mask`` is None)."""
-        from medseg.inference.lung_mask import bounding_box
+        """Probability in the lung bounding box (or the whole volume when ``lung_mask`` is None).
+
+        Inside the lung the values equal a whole-volume MONAI sliding window on the same
+        plan-spacing grid (same windows, same blending); see :func:`snap_roi`.
+        """
+        import nibabel as nib
+        from scipy import ndimage
+
         from medseg.inference.sliding_window import sliding_window_probability
 
         t0 = time.perf_counter()
-        margin = tuple(int(np.ceil(LUNG_MARGIN_MM / s)) for s in volume.spacing)
-        if lung_mask is not None:
-            box = bounding_box(lung_mask, margin)
-            if box is None:
-                return RoiPrediction(np.zeros((0, 0, 0), np.float32), (slice(0, 0),) * 3, {"windows_run": 0})
-        else:
-            box = tuple(slice(0, n) for n in volume.shape)
-        fwd, back = _ornt_to(volume, self.plan.orientation)
-        import nibabel as nib
-
-        crop = nib.orientations.apply_orientation(np.asarray(volume.array[box]), fwd)
-        spacing = tuple(float(volume.spacing[int(a)]) for a in fwd[:, 0].argsort())
-        # nibabel: fwd[i] = (new axis of input axis i, flip); spacing of new axis j = input axis with fwd[:,0]==j
-        size = _target_size(crop.shape, spacing, self.plan.spacing)
-        img = torch.from_numpy(normalise_ct(crop, self.plan.intensity))
-        img = _resample(img, size).numpy()
+        geo = self.model_geometry(volume, lung_mask)
+        if geo is None:
+            return RoiPrediction(np.zeros((0, 0, 0), np.float32), (slice(0, 0),) * 3, {"windows_run": 0})
+        src_box = self._input_box(geo, geo["src"])
+        crop = nib.orientations.apply_orientation(np.asarray(volume.array[src_box]), geo["fwd"])
+        positions = [np.arange(k0, k1) * sc - s0 for (k0, k1), sc, (s0, _) in zip(geo["k"], geo["scale"], geo["src"])]
+        img = interp3(normalise_ct(crop, self.plan.intensity), positions)
+        del crop
         mask = None
         if lung_mask is not None:
-            m = nib.orientations.apply_orientation(np.asarray(lung_mask[box]), fwd)
-            idx = [np.rint(np.linspace(0, n - 1, k)).astype(int) for n, k in zip(m.shape, size)]
-            mask = m[np.ix_(*idx)] > 0
-            # grow by the margin (box dilation on the coarse grid is cheap and generous)
-            from scipy import ndimage
-
-            grow = [max(1, int(np.ceil(LUNG_MARGIN_MM / s))) * 2 + 1 for s in self.plan.spacing]
-            mask = ndimage.maximum_filter(mask[::2, ::2, ::2], size=[max(1, g // 2) for g in grow])
-            mask = np.repeat(np.repeat(np.repeat(mask, 2, 0), 2, 1), 2, 2)[: size[0], : size[1], : size[2]]
+            m = nib.orientations.apply_orientation(np.asarray(lung_mask[src_box]), geo["fwd"]) > 0
+            idx = [np.clip(np.rint(p).astype(int), 0, n - 1) for p, n in zip(positions, m.shape)]
+            mask = m[np.ix_(*idx)]
+            # windows within LUNG_MARGIN_MM of the lung run too (nodules straddling the mask edge)
+            grow = [2 * int(np.ceil(LUNG_MARGIN_MM / s)) + 1 for s in self.plan.spacing]
+            mask = ndimage.maximum_filter(mask, size=grow) if mask.any() else mask
         t1 = time.perf_counter()
         cval = float(normalise_ct(np.array([PAD_HU]), self.plan.intensity)[0])
         prob, counts = sliding_window_probability(
@@ -167,32 +251,26 @@ class Predictor:
         )
         del img, mask
         t2 = time.perf_counter()
-        back_t = _resample(torch.from_numpy(prob), tuple(crop.shape)).numpy()
+        back_pos = [np.arange(d0, d1) / sc - k0 for (d0, d1), sc, (k0, _) in zip(geo["dst"], geo["scale"], geo["k"])]
+        out = nib.orientations.apply_orientation(interp3(prob, back_pos), geo["back"])
         del prob
-        back_t = nib.orientations.apply_orientation(back_t, back)
         t3 = time.perf_counter()
         stats = {
             **counts,
-            "roi_shape_input": list(back_t.shape),
-            "roi_shape_model": list(size),
+            "roi_shape_input": list(out.shape),
+            "roi_shape_model": [k1 - k0 for k0, k1 in geo["k"]],
             "preprocess_s": t1 - t0,
             "network_s": t2 - t1,
             "resample_back_s": t3 - t2,
         }
-        return RoiPrediction(np.ascontiguousarray(back_t, dtype=np.float32), box, stats)
+        return RoiPrediction(np.ascontiguousarray(out, dtype=np.float32), self._input_box(geo, geo["dst"]), stats)
 
     def count_windows(self, volume: Volume, lung_mask: np.ndarray | None) -> int:
-        """Upper bound of windows (for progress bars): all windows of the box."""
-        from medseg.inference.lung_mask import bounding_box
+        """Windows of the ROI box (an upper bound of those run; for progress bars)."""
         from medseg.inference.sliding_window import window_grid
 
-        box = bounding_box(lung_mask, (0, 0, 0)) if lung_mask is not None else tuple(slice(0, n) for n in volume.shape)
-        if box is None:
+        geo = self.model_geometry(volume, lung_mask)
+        if geo is None:
             return 0
-        fwd, _ = _ornt_to(volume, self.plan.orientation)
-        shape = [box[a].stop - box[a].start for a in range(3)]
-        shape = [shape[int(a)] for a in fwd[:, 0].argsort()]
-        spacing = [volume.spacing[int(a)] for a in fwd[:, 0].argsort()]
-        size = _target_size(tuple(shape), tuple(spacing), self.plan.spacing)
-        size = tuple(max(s, w) for s, w in zip(size, self.window))
+        size = tuple(max(k1 - k0, w) for (k0, k1), w in zip(geo["k"], self.window))
         return len(window_grid(size, self.window, self.overlap))

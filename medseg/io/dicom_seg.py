@@ -83,6 +83,11 @@ def _with_uids(ds):
         ds.SOPClassUID = meta.MediaStorageSOPClassUID
     if not str(getattr(ds, "SOPInstanceUID", "") or "") and meta is not None:
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    # Type 2 patient/study attributes highdicom copies: present but empty when the source lacks them
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+        if key not in ds:
+            setattr(ds, key, "")
     seed = str(getattr(ds, "FrameOfReferenceUID", "") or "medseg")
     for key in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not str(getattr(ds, key, "") or ""):
