@@ -19,6 +19,7 @@ Outputs, markers and tables follow the protocol in :mod:`medseg.batch.state`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -465,12 +466,15 @@ def run_batch(
                 log.info("%s: done, %d nodule(s), %.1f s", record["case_id"], record["n_nodules"], record["runtime_s"])
             else:
                 log.warning("%s: failed: %s", record["case_id"], record["error"])
-            bar.update(1)
             bar.set_postfix(done=counts["done"], failed=counts["failed"], refresh=False)
+            bar.update(1)
             tables()
 
         run_settings = {**inference, "quiet": True}  # workers never draw their own progress bars
+        # Log lines go through tqdm.write while the bar is drawn, so they do not tear it.
+        redirect = contextlib.nullcontext() if bar.disable else _logging_redirect()
         try:
+            redirect.__enter__()
             if not todo:
                 pass  # everything was finished before: just rewrite the tables
             elif scheduler is not None or cluster is not None:
@@ -483,6 +487,7 @@ def run_batch(
                 _run_local(todo, str(out), run_settings, case_fn, workers, on_record)
         finally:
             bar.close()
+            redirect.__exit__(None, None, None)
             tables(force=True)
 
     summary.records = sorted(records.values(), key=lambda r: order.get(r["case_id"], len(order)))
@@ -499,6 +504,12 @@ def _progress(total: int, quiet: bool) -> Any:
 
     # disable=None: tqdm turns itself off when stderr is not a terminal
     return tqdm(total=total, unit="scan", desc="batch", disable=True if quiet else None, file=sys.stderr)
+
+
+def _logging_redirect() -> Any:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def _describe(workers: int, scheduler: str | None, cluster: dict[str, Any] | None) -> str:
