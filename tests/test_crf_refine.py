@@ -105,3 +105,15 @@ def test_only_boxes_around_candidates_change():
     core = np.argwhere(before)
     margin_mm = (core.min(0) - lo) * np.asarray(SPACING)
     assert np.all(margin_mm >= pad_mm) and np.all(margin_mm < pad_mm + np.asarray(SPACING))
+
+
+def test_guard_refuses_a_collapse():
+    # the network marks only the core of the nodule (0.5 level at 4.5 mm of 6 mm): a strong
+    # bilateral vote erases the whole candidate; the guard keeps the threshold mask instead
+    image, prob, truth = scene(SPACING, prob_radius=4.5)
+    before = prob >= 0.5
+    strong = CRFSettings(bilateral_weight=6.0, min_kept_fraction=0.0, max_growth=float("inf"))
+    collapsed = refine(prob, image, SPACING, settings=strong)
+    assert collapsed.sum() < 0.4 * before.sum()
+    guarded = refine(prob, image, SPACING, settings=dataclasses.replace(strong, min_kept_fraction=0.5))
+    assert np.array_equal(guarded, before)

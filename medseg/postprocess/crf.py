@@ -35,6 +35,8 @@ class CRFSettings:
                                       # truncated local kernels, runs on GPU too)
     truncate: float = 2.0             # torch: kernel radius in sigmas
     device: str = "cpu"               # torch backend device
+    min_kept_fraction: float = 0.5   # guard: a box whose CRF mask keeps less of the thresholded
+    max_growth: float = 2.0          # candidate, or grows beyond this factor, keeps the threshold
     min_voxels: int = 4               # candidates smaller than this are left as they are
 
 
@@ -215,6 +217,12 @@ def refine(
     for box in candidate_boxes(mask, spacing, s.pad_mm, s.min_voxels):
         solve = crf_box_torch if s.backend == "torch" else crf_box
         q = solve(probability[box], image[box], spacing, s) >= 0.5
+        m = mask[box]
+        n = int(m.sum())
+        # dense CRFs act like a vote among similar-intensity voxels: when the network marks less
+        # than half of a nodule the vote can erase it, so implausible changes are refused
+        if int((q & m).sum()) < s.min_kept_fraction * n or int(q.sum()) > s.max_growth * n:
+            q = m
         out[box] = np.where(touched[box], out[box] | q, q)
         touched[box] = True
     return out
