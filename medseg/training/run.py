@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def train(
         dev = torch.device("cuda", dist_info.local_rank)
     main = dist_info.is_main
     quiet = bool(ov.get("quiet", False))
+    bars = not quiet and sys.stderr.isatty()
     tcfg = task_dict.get("training", {})
     seed = int(ov.get("seed", tcfg.get("seed", 12345)))
     folds = int(ov.get("folds", tcfg.get("folds", 5)))
@@ -118,7 +120,7 @@ def train(
                 int_cfg = task_dict.get("intensity", {})
                 log.info("fingerprinting %d training cases", len(train_cases))
                 fp = fingerprint_dataset(train_cases, int(int_cfg.get("samples_per_case", 10000)), seed,
-                                         progress=not quiet)
+                                         progress=bars)
                 write_json_atomic(run_dir / "fingerprint.json", fp)
                 mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else None
                 plan_obj = make_plan(fp, task_dict, dev.type, mem, {
@@ -143,7 +145,7 @@ def train(
                      plan.batch_size, list(plan.spacing), plan.network.filters)
 
         train_ds, val_ds = _datasets(train_cases, val_cases, plan, task_dict,
-                                     float(ov.get("cache_rate", tcfg.get("cache_rate", 1.0))), quiet or not main)
+                                     float(ov.get("cache_rate", tcfg.get("cache_rate", 1.0))), not bars or not main)
         torch.manual_seed(seed)
         model = build_network(plan.network)
         opt_cfg = dict(task_dict.get("optimizer", {}))
@@ -159,7 +161,7 @@ def train(
             amp=str(ov.get("amp", tcfg.get("amp", "bf16"))),
             lr=ov.get("lr"),
             grad_clip=float(opt_cfg.get("grad_clip", 12.0)),
-            log_every=int(ov.get("log_every", 10)),
+            log_every=int(ov.get("log_every", 5)),
             quiet=quiet,
             tensorboard=bool(ov.get("tensorboard", True)),
             epoch_callback=ov.get("epoch_callback"),

@@ -36,7 +36,7 @@ class TrainConfig:
     amp: str = "none"  # bf16 | fp16 | none (CUDA only)
     lr: float | None = None
     grad_clip: float = 12.0
-    log_every: int = 10
+    log_every: int = 5
     quiet: bool = False
     tensorboard: bool = True
     #: called after each epoch's checkpoint with (epoch, row); returning True stops training
@@ -154,7 +154,9 @@ class Trainer:
         st = payload["training"]
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
-        # a resumed run may be given a new budget: keep the schedule's own horizon from the run
+        # a resumed run may be given a new budget (more epochs or minutes): stretch the schedule to it
+        total = self.cfg.max_epochs * self.cfg.steps_per_epoch if self.cfg.max_epochs else None
+        self.scheduler.total_steps, self.scheduler.max_time_s = total, self.cfg.max_time_s
         if st["scaler"]:
             self.scaler.load_state_dict(st["scaler"])
         self.epoch, self.step, self.elapsed = int(st["epoch"]), int(st["step"]), float(st["elapsed_s"])
@@ -242,22 +244,28 @@ class Trainer:
 
     @torch.no_grad()
     def _estimate_validation_s(self) -> float:
-        """Seconds one validation pass + checkpoint should take (one case timed, scaled up)."""
-        share = len(range(self.dist.rank, len(self.val_ds), self.dist.world_size))
-        if not share:
+        """Seconds this rank's validation pass + checkpoint should take: windows x timed window."""
+        share = range(self.dist.rank, len(self.val_ds), self.dist.world_size)
+        roi = np.array(self.plan.patch_size)
+        inf = self.plan.inference
+        windows = 0
+        for i in share:
+            shape = np.array(_plain(self.val_ds[i]["image"]).shape[1:])
+            step = np.maximum(1, (roi * (1 - inf.overlap)).astype(int))
+            windows += int(np.prod(np.ceil(np.maximum(shape - roi, 0) / step) + 1))
+        if not windows:
             return 2.0
-        from monai.inferers import sliding_window_inference
-
         net = self.module
         net.eval()
-        image = _plain(self.val_ds[0]["image"])[None].to(self.device)
-        t = time.monotonic()
-        with self._autocast():
-            sliding_window_inference(image, self.plan.patch_size, self.plan.inference.sw_batch_size, net,
-                                     overlap=self.plan.inference.overlap, mode=self.plan.inference.blend_mode)
-        per_case = time.monotonic() - t
-        est = all_reduce_sum([1.3 * per_case * share + 2.0], self.dist, self.device)[0] / self.dist.world_size
-        return est
+        x = torch.zeros((inf.sw_batch_size, 1, *roi.tolist()), device=self.device)
+        per_batch = 0.0
+        for _ in range(2):  # the first call pays one-off allocation costs: time the second
+            t = time.monotonic()
+            with self._autocast():
+                net(x)
+            per_batch = time.monotonic() - t
+        est = 1.3 * per_batch * math.ceil(windows / inf.sw_batch_size) + 2.0
+        return max(all_reduce_sum([est], self.dist, self.device)[0] / self.dist.world_size, est)
 
     def _save(self, name: str, training: bool, metrics: dict[str, Any]) -> None:
         extra: dict[str, Any] = {"metrics": metrics}
@@ -277,6 +285,8 @@ class Trainer:
         # forward pass now, then measured after every validation
         reserve = self._estimate_validation_s() if cfg.max_time_s else 0.0
         step_s = 0.0
+        if cfg.max_time_s and main:
+            log.info("time budget %.0fs; %.0fs kept for validation + checkpoint", cfg.max_time_s, reserve)
         stop = self.epoch >= cfg.max_epochs
         if stop and main:
             log.info("nothing to do: epoch %d already reached max_epochs %d", self.epoch, cfg.max_epochs)
@@ -299,6 +309,8 @@ class Trainer:
                     log.info("epoch %d step %d loss %.4f (mean of last %d: %.4f) lr %.2e", epoch, self.step,
                              losses[-1], min(len(losses), cfg.log_every),
                              float(np.mean(losses[-cfg.log_every:])), self.scheduler.get_last_lr()[0])
+                log.debug("step %d took %.2fs (avg %.2fs), elapsed %.1fs", self.step, time.monotonic() - t_step,
+                          step_s, self.elapsed)
                 if cfg.max_time_s and self._agree(self.elapsed + step_s + reserve >= cfg.max_time_s):
                     stop = True
                     break
