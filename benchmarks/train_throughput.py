@@ -1,0 +1,136 @@
+"""Training throughput: patches/s with the real data loader vs the same model fed cached tensors.
+
+    python benchmarks/train_throughput.py [--quick] [--json] [--data DIR] [--device cpu|cuda]
+
+The loader path is medseg's training pipeline (CacheDataset + fg-oversampled crops + augmentation,
+through the DataLoader); the baseline feeds pre-built tensors of the same shape to the same model
+in the same process. ``loader_overhead`` = baseline patches/s / loader patches/s (1.0 = free).
+Without ``--data`` (or when the shared LIDC folder is absent) a small synthetic set is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc_nodule_vois"
+
+
+def _synthetic(root: Path, n: int) -> Path:
+    import nibabel as nib
+
+    g = np.indices((48, 48, 16))
+    for i in range(n):
+        m = (sum((g[a] - c) ** 2 for a, c in enumerate((24, 24, 8))) <= 25).astype(np.uint8)
+        img = np.where(m > 0, 40, -850).astype(np.int16)
+        for sub, arr in (("image", img), ("mask", m)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(arr, np.diag([0.7, 0.7, 1.25, 1])), str(root / sub / f"case{i}.nii.gz"))
+    return root
+
+
+def measure(device: torch.device, data: Path, cases: int, steps: int, workers: int) -> dict:
+    from monai.data import CacheDataset, DataLoader
+
+    from medseg.data.datasets import read_dataset
+    from medseg.data.planning import fingerprint_dataset, make_plan
+    from medseg.models import build_network
+    from medseg.tasks import load_task
+    from medseg.training.losses import build_loss
+    from medseg.transforms import train_transforms
+
+    task = load_task("lung_nodule")
+    cs = read_dataset(data)[:cases]
+    plan = make_plan(fingerprint_dataset(cs, 2000), task, device.type,
+                     torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
+    ds = CacheDataset([{"image": c.image, "label": c.label} for c in cs], train_transforms(plan, task),
+                      num_workers=2, progress=False)
+    model = build_network(plan.network).to(device).train()
+    loss_fn = build_loss(task)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    amp = device.type == "cuda"
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        loss_fn(out, y).backward()
+        opt.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    bs = plan.batch_size
+    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(steps + 2) * bs)
+    loader = DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    it = iter(loader)
+    for _ in range(2):  # warm-up (workers start, cudnn autotune)
+        b = next(it)
+        step(b["image"].as_tensor().to(device) if hasattr(b["image"], "as_tensor") else b["image"].to(device),
+             b["label"].to(device))
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        b = next(it)
+        x = b["image"].as_tensor() if hasattr(b["image"], "as_tensor") else b["image"]
+        y = b["label"].as_tensor() if hasattr(b["label"], "as_tensor") else b["label"]
+        step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+    sync()
+    loader_s = time.perf_counter() - t
+
+    x = torch.randn(bs, 1, *plan.patch_size, device=device)
+    y = (torch.rand(bs, 1, *plan.patch_size, device=device) > 0.9).float()
+    step(x, y)
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(x, y)
+    sync()
+    cached_s = time.perf_counter() - t
+    loader_ps, cached_ps = steps * bs / loader_s, steps * bs / cached_s
+    return {
+        "device": device.type, "patch_size": list(plan.patch_size), "batch_size": bs,
+        "filters": plan.network.filters, "steps": steps, "num_workers": workers, "threads": torch.get_num_threads(),
+        "loader_patches_per_s": round(loader_ps, 2), "cached_patches_per_s": round(cached_ps, 2),
+        "loader_overhead": round(cached_ps / loader_ps, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke size: few cases and steps")
+    ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, plus cuda when present)")
+    ap.add_argument("--workers", type=int, default=None)
+    args = ap.parse_args(argv)
+    cases, steps = (8, 3) if args.quick else (64, 20)
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data or (SHARED if SHARED.is_dir() else _synthetic(Path(tmp) / "syn", cases))
+        results = []
+        for d in devices:
+            workers = args.workers if args.workers is not None else (1 if d == "cpu" else 6)
+            results.append(measure(torch.device(d), data, cases, steps if d == "cpu" else steps * 5, workers))
+    out = {"benchmark": "train_throughput", "data": str(data), "results": results}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for r in results:
+            print(f"{r['device']}: loader {r['loader_patches_per_s']} patches/s, cached tensors "
+                  f"{r['cached_patches_per_s']} patches/s, loader overhead x{r['loader_overhead']} "
+                  f"(patch {r['patch_size']}, batch {r['batch_size']}, workers {r['num_workers']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
