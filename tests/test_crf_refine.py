@@ -117,3 +117,11 @@ def test_guard_refuses_a_collapse():
     assert collapsed.sum() < 0.4 * before.sum()
     guarded = refine(prob, image, SPACING, settings=dataclasses.replace(strong, min_kept_fraction=0.5))
     assert np.array_equal(guarded, before)
+
+
+def test_threshold_other_than_half_is_the_crf_decision_level():
+    # with no pairwise terms the CRF returns the unary, so the refined mask is the threshold mask
+    image, prob, _ = scene(SPACING, prob_radius=7.0)
+    off = CRFSettings(bilateral_weight=0.0)
+    for t in (0.3, 0.5, 0.7):
+        assert np.array_equal(refine(prob, image, SPACING, threshold=t, settings=off), prob >= t)

@@ -6,7 +6,11 @@ intensity edge. Kernel widths are given in mm and divided by the voxel spacing, 
 slice gap is not treated like a 0.7 mm pixel. Cost: only a padded box around each candidate
 component is solved, so it scales with the number and size of candidates, not with the scan.
 
-Backend: ``pydensecrf2`` (optional extra ``medseg[crf]``; permutohedral lattice, N-D features).
+Backends: ``pydensecrf2`` (optional extra ``medseg[crf]``; permutohedral lattice, N-D features,
+fast on CPU) and a torch mean-field with exact Gaussians truncated to a local window (no extra
+dependency, runs on GPU; about 8x slower than pydensecrf on CPU). Choice and defaults come from
+``benchmarks/crf_benchmark.py``; ``PostprocessSettings.crf`` stays off until it shows a gain on
+network probabilities.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ class CRFSettings:
                                       # truncated local kernels, runs on GPU too)
     truncate: float = 2.0             # torch: kernel radius in sigmas
     device: str = "cpu"               # torch backend device
-    min_kept_fraction: float = 0.5   # guard: a box whose CRF mask keeps less of the thresholded
-    max_growth: float = 2.0          # candidate, or grows beyond this factor, keeps the threshold
+    min_kept_fraction: float = 0.5    # guard: a box whose CRF mask keeps less of the thresholded
+    max_growth: float = 2.0           # candidate, or grows beyond this factor, keeps the threshold
     min_voxels: int = 4               # candidates smaller than this are left as they are
 
 
@@ -212,6 +216,11 @@ def refine(
     if probability.shape != image.shape:
         raise ValueError(f"probability {probability.shape} and image {image.shape} differ in shape")
     mask = probability >= threshold
+    if threshold != 0.5:
+        # shift the unary so that the CRF's own 0.5 decision matches the caller's threshold
+        t = float(np.clip(threshold, 1e-5, 1 - 1e-5))
+        p = np.clip(probability.astype(np.float32), 1e-6, 1 - 1e-6)
+        probability = 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) - np.log(t / (1 - t)))))
     out = mask.copy()
     touched = np.zeros(mask.shape, dtype=bool)
     for box in candidate_boxes(mask, spacing, s.pad_mm, s.min_voxels):
