@@ -164,3 +164,23 @@ def test_user_task_file_overrides_bundled_defaults(tmp_path):
     assert t["sampling"] == {"pos": 1, "neg": 1} and "optimizer" in t
     with pytest.raises(InputError):
         load_task(tmp_path / "nope.yaml")
+
+
+def test_dataset_weights_set_each_datasets_share_of_patches():
+    """--dataset-weights 3,1: 75% of patches from the first dataset whatever the case counts."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from medseg.training.run import case_weights
+    from medseg.training.trainer import EpochSampler
+
+    cases = [SimpleNamespace(dataset="crops")] * 90 + [SimpleNamespace(dataset="phantoms")] * 10
+    assert case_weights(cases, None) is None
+    weights = case_weights(cases, [3.0, 1.0])
+    sampler = EpochSampler(len(cases), 8000, seed=1, weights=weights)
+    drawn = torch.tensor(list(sampler))
+    phantom_share = float((drawn >= 90).double().mean())
+    assert abs(phantom_share - 0.25) < 0.03  # uniform sampling would give 0.10
+    with pytest.raises(InputError):
+        case_weights(cases, [1.0])

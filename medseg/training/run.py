@@ -27,7 +27,7 @@ log = logging.getLogger("medseg.training")
 OVERRIDES = (
     "patch_size", "batch_size", "filters", "spacing", "lr", "steps_per_epoch", "num_workers", "folds", "seed",
     "res_block", "optimizer", "amp", "val_cases", "cache_rate", "quiet", "tensorboard", "epoch_callback",
-    "log_every",
+    "log_every", "dataset_weights",
 )
 
 
@@ -165,6 +165,7 @@ def train(
             quiet=quiet,
             tensorboard=bool(ov.get("tensorboard", True)),
             epoch_callback=ov.get("epoch_callback"),
+            case_weights=case_weights(train_cases, ov.get("dataset_weights")),
         )
         trainer = Trainer(model, plan, task_dict, train_ds, val_ds, run_dir, dev, dist_info, config)
         if payload is not None:
@@ -175,6 +176,25 @@ def train(
         return trainer.fit()
     finally:
         cleanup_distributed()
+
+
+def case_weights(cases: Sequence[Any], dataset_weights: Sequence[float] | None) -> list[float] | None:
+    """Per-case sampling weights so that dataset ``d`` supplies a ``dataset_weights[d]`` share of patches.
+
+    Without weights every case is drawn equally often, so a few large whole-scan datasets (e.g. phantom
+    negatives) next to hundreds of crops would barely be seen.
+    """
+    if not dataset_weights:
+        return None
+    names = list(dict.fromkeys(c.dataset for c in cases))
+    if len(dataset_weights) != len(names):
+        raise InputError(None, f"--dataset-weights needs one weight per --data folder ({len(names)}), "
+                               f"got {len(dataset_weights)}")
+    if any(w < 0 for w in dataset_weights) or sum(dataset_weights) <= 0:
+        raise InputError(None, "--dataset-weights must be non-negative and not all zero")
+    share = dict(zip(names, dataset_weights))
+    counts = {n: sum(1 for c in cases if c.dataset == n) for n in names}
+    return [share[c.dataset] / counts[c.dataset] for c in cases]
 
 
 def _validation_subset(val_cases: list, plan: Any, task: dict[str, Any], device_type: str,

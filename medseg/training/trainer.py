@@ -41,6 +41,8 @@ class TrainConfig:
     tensorboard: bool = True
     #: called after each epoch's checkpoint with (epoch, row); returning True stops training
     epoch_callback: Callable[[int, dict[str, Any]], bool] | None = None
+    #: per-training-case sampling weights (see ``--dataset-weights``); None = uniform over cases
+    case_weights: list[float] | None = None
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -85,9 +87,12 @@ class EpochSampler(torch.utils.data.Sampler):
     independent of the dataset size, and the dataset repeated as often as needed.
     """
 
-    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1,
+                 weights: Sequence[float] | None = None) -> None:
         self.n, self.num_samples, self.seed, self.rank, self.world = n, num_samples, seed, rank, world_size
         self.epoch = 0
+        #: per-case sampling weights (drawn with replacement); None = every case equally often
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -95,6 +100,9 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):  # noqa: ANN204
         g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
         need = self.num_samples * self.world
+        if self.weights is not None:
+            idx = torch.multinomial(self.weights, need, replacement=True, generator=g)
+            return iter(idx[self.rank :: self.world].tolist())
         reps = math.ceil(need / self.n)
         idx = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])[:need]
         return iter(idx[self.rank :: self.world].tolist())
@@ -181,7 +189,7 @@ class Trainer:
         from monai.data import DataLoader
 
         sampler = EpochSampler(len(self.train_ds), self.cfg.steps_per_epoch * self.plan.batch_size,
-                               self.cfg.seed, self.dist.rank, self.dist.world_size)
+                               self.cfg.seed, self.dist.rank, self.dist.world_size, self.cfg.case_weights)
         sampler.set_epoch(epoch)
         g = torch.Generator().manual_seed(self.cfg.seed + epoch)
         return DataLoader(self.train_ds, batch_size=self.plan.batch_size, sampler=sampler, drop_last=True,
