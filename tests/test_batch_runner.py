@@ -154,13 +154,16 @@ def test_dask_local_cluster_matches_local_worker_process(tmp_path, tiny_model):
     inp = tmp_path / "in"
     make_inputs(inp, n_good=2)
     kw = {"model": str(tiny_model), "device": "cpu", "quiet": True}
-    # a light LocalCluster (threads in this process) through the same code path as --scheduler
-    dask = run_batch(inp, tmp_path / "dask", pipeline={"execution": {"cluster": {
-        "type": "local", "processes": False, "n_workers": 1}}}, **kw)
+    # a light LocalCluster (a worker thread in this process), reached like --scheduler tcp://...
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        address = cluster.scheduler_address
+        dask = run_batch(inp, tmp_path / "dask", scheduler=address, **kw)
     local = run_batch(inp, tmp_path / "local", workers=1, **kw)  # the default: a worker process
     assert _comparable(tmp_path / "dask") == _comparable(tmp_path / "local")
     assert dask.n_failed == local.n_failed == 2 and dask.n_done == local.n_done == 3
-    assert yaml.safe_load((tmp_path / "dask" / "pipeline.yaml").read_text())["execution"]["cluster"]["type"] == "local"
+    assert yaml.safe_load((tmp_path / "dask" / "pipeline.yaml").read_text())["execution"]["scheduler"] == address
 
 
 def test_manifest_input_with_case_ids(tmp_path, tiny_model):

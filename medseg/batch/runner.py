@@ -307,8 +307,8 @@ def _dask_client(scheduler: str | None, cluster: dict[str, Any] | None, workers:
     """(client, cluster we started or None)."""
     from distributed import Client, LocalCluster
 
-    for name in ("distributed", "dask_jobqueue"):  # their INFO chatter would drown the case log
-        if logging.getLogger(name).level == logging.NOTSET:
+    if not log.isEnabledFor(logging.DEBUG):  # their INFO chatter would drown the case log (--debug shows it)
+        for name in ("distributed", "dask_jobqueue"):
             logging.getLogger(name).setLevel(logging.WARNING)
     if scheduler and scheduler != "local":
         return Client(scheduler), None
@@ -416,6 +416,8 @@ def run_batch(
     if workers < 0:
         raise InputError(None, f"workers must be 0 or more, got {workers}")
     _check_model(inference.get("model"), case_fn)
+    if inference.get("model"):  # absolute: the recorded pipeline must not depend on the current folder
+        inference["model"] = str(Path(inference["model"]).resolve())
 
     if isinstance(source, (str, os.PathLike)):
         cases = discover(source, exclude=[out])
