@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -75,6 +76,10 @@ def test_cli_train_writes_run_folder_and_loadable_checkpoints(data, tmp_path, ca
     assert payload["training"]["step"] == 12 and payload["plan"]["patch_size"] == [16, 16, 16]
     best = torch.load(run / "best.pt", weights_only=True)
     assert "training" not in best and best["task"]["name"] == "lung_nodule"
+    # the checkpoint names its held-out patients, exactly the validation side of splits.json
+    splits = json.loads((run / "splits.json").read_text())
+    assert best["split"]["fold"] == 0 and best["split"]["val_patients"]
+    assert set(best["split"]["val_patients"]) <= set(json.dumps(splits).replace('"', " ").split())
     model, plan, _ = load_model(run / "best.pt")
     assert plan.network.filters == [8, 16, 32]
     ref = build_network(plan.network)

@@ -138,6 +138,8 @@ def train(
             plan = Plan.from_dict(plan_d)
 
         train_cases, val_cases = fold_cases(cases, splits, fold)
+        # recorded in every checkpoint so accuracy can later be measured on held-out patients only
+        split_record = {"fold": fold, "val_patients": sorted({c.group for c in val_cases})}
         val_cases = _validation_subset(val_cases, plan, task_dict, dev.type, ov.get("val_cases"), seed)
         if main:
             log.info("fold %d: %d training cases, %d validation cases used per epoch; patch %s batch %d "
@@ -168,6 +170,7 @@ def train(
             case_weights=case_weights(train_cases, ov.get("dataset_weights")),
         )
         trainer = Trainer(model, plan, task_dict, train_ds, val_ds, run_dir, dev, dist_info, config)
+        trainer.split = split_record
         if payload is not None:
             trainer.load_training_state(payload)
             if main:

@@ -140,6 +140,8 @@ class Trainer:
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.best_metric, self.best_epoch = -math.inf, -1
         self.rows: list[dict[str, Any]] = []
+        #: fold and held-out patient groups, stored in checkpoints (set by ``train``)
+        self.split: dict[str, Any] = {}
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -276,7 +278,7 @@ class Trainer:
         return max(all_reduce_sum([est], self.dist, self.device)[0] / self.dist.world_size, est)
 
     def _save(self, name: str, training: bool, metrics: dict[str, Any]) -> None:
-        extra: dict[str, Any] = {"metrics": metrics}
+        extra: dict[str, Any] = {"metrics": metrics, "split": self.split}
         if training:
             extra["training"] = self.training_state()
         save_checkpoint(self.run_dir / name, self.model, self.plan, self.task, extra)
