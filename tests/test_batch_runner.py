@@ -255,3 +255,21 @@ def test_cli_pipeline_file_exit_codes_and_repeat(tmp_path, tiny_model, capsys):
     rows = {r["case_id"]: r["status"] for r in read_csv(out / "summary.csv")}
     assert rows == {"broken": "failed", "ok": "done"}
     assert main(["batch", str(tmp_path / "missing"), "-o", str(out), "--quiet"]) == 2
+
+
+def test_two_ct_series_sharing_a_folder_are_segmented_separately(tmp_path, tiny_model):
+    import medseg.api
+
+    folder = tmp_path / "in" / "study"
+    write_ct_series(folder, chest(1), spacing=(1.5, 1.5, 2.0), series_uid="1.2.826.0.1.1")
+    for p in folder.iterdir():
+        p.rename(p.with_name("a" + p.name))
+    write_ct_series(folder, chest(2, (32, 32, 12)), spacing=(1.5, 1.5, 2.0), series_uid="1.2.826.0.1.2")
+    before = hashes(tmp_path / "in")
+    summary = medseg.api.batch(tmp_path / "in", tmp_path / "out", workers=0, model=str(tiny_model),
+                               device="cpu", quiet=True)
+    assert summary.ok and [r["case_id"] for r in summary.records] == ["study__series1", "study__series2"]
+    shapes = [read_volume(tmp_path / "out" / c / f"{c}_nodules.nii.gz").shape
+              for c in ("study__series1", "study__series2")]
+    assert shapes == [(32, 32, 16), (32, 32, 12)]
+    assert hashes(tmp_path / "in") == before and not list((tmp_path / "out" / ".medseg_batch" / "work").iterdir())
