@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from medseg.inference.lung_mask import bounding_box, compute_lung_mask, ct_warning
 from medseg.io import Volume, read_volume

@@ -118,7 +118,6 @@ class Segmenter:
         if mask is not None and not mask.any():
             if not any("lung" in w for w in warnings):
                 warnings.append("no lung found: no nodule search was run")
-            log.warning("%s: %s", name, "; ".join(warnings))
         else:
             t = time.perf_counter()
             bar = _progress(self.settings.quiet, self.predictor.count_windows(volume, mask), name)
@@ -175,8 +174,11 @@ class Segmenter:
         timings["outputs_s"] = time.perf_counter() - t
         timings["total_s"] = sum(v for k, v in timings.items())
 
-        for n, feat in zip(nodules, features):
-            n["elongation"] = feat.get("elongation")
+        by_label = {int(f.get("label", i + 1)): f for i, f in enumerate(features)}
+        for n in nodules:
+            n["elongation"] = by_label.get(n["id"], {}).get("elongation")
+        for w in warnings:
+            log.warning("%s: %s", name, w)
         report = build_report(
             name,
             str(input_path),
