@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def chest(seed: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """Chest-like HU volume: body, two lungs, one solid nodule."""
+    """Chest-like HU volume: body, two lungs, one solid nodule (fallback when phantoms are missing)."""
     rng = np.random.default_rng(seed)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
     hu = np.full(shape, -1000.0)
@@ -36,6 +36,17 @@ def chest(seed: int, shape: tuple[int, int, int]) -> np.ndarray:
     c = (rng.choice([-0.45, 0.45]), rng.uniform(-0.2, 0.2), rng.uniform(-0.3, 0.3))
     hu[((x - c[0]) * shape[0]) ** 2 + ((y - c[1]) * shape[1]) ** 2 + ((z - c[2]) * shape[2]) ** 2 < 25] = 30
     return (hu + rng.normal(0, 15, shape)).astype(np.int16)
+
+
+def scan(seed: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+    """A chest-CT phantom (helper A's generator), or the simple chest above if it is unavailable."""
+    from medseg.io import Volume
+
+    try:
+        from medseg.data.phantom import make_phantom
+    except ImportError:
+        return Volume(chest(seed, shape), spacing=spacing)
+    return make_phantom(seed=seed, shape=shape, spacing=spacing).ct
 
 
 def make_model(path: Path, quick: bool) -> Path:
@@ -66,18 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.batch.discover import discover
     from medseg.batch.runner import run_batch
     from medseg.inference.pipeline import InferenceSettings, Segmenter
-    from medseg.io import Volume, write_volume
+    from medseg.io import write_volume
     from medseg.models import BUNDLED_MODEL
 
     n = args.cases or 6
-    shape = (48, 48, 32) if args.quick else (160, 160, 96)
-    spacing = (1.5, 1.5, 2.0) if args.quick else (0.8, 0.8, 1.5)
+    shape = (64, 64, 40) if args.quick else (192, 192, 96)
+    spacing = (1.5, 1.5, 2.0) if args.quick else (1.0, 1.0, 2.0)
     tmp = Path(tempfile.mkdtemp(prefix="medseg-batch-bench-"))
     model = args.model or (str(BUNDLED_MODEL) if BUNDLED_MODEL.is_file() and not args.quick
                            else str(make_model(tmp / "model.pt", args.quick)))
     inp = tmp / "in"
     for i in range(n):
-        write_volume(Volume(chest(i, shape), spacing=spacing), inp / f"scan{i:03d}.nii.gz")
+        write_volume(scan(i, shape, spacing), inp / f"scan{i:03d}.nii.gz")
     settings = {"model": model, "device": "cpu", "preview": True}
 
     results: dict[str, dict[str, float]] = {}
