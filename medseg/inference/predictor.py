@@ -263,7 +263,8 @@ class Predictor:
             "network_s": t2 - t1,
             "resample_back_s": t3 - t2,
         }
-        return RoiPrediction(np.ascontiguousarray(out, dtype=np.float32), self._input_box(geo, geo["dst"]), stats)
+        # a flipped view, not a copy: one ROI-sized float32 array less at the peak
+        return RoiPrediction(out, self._input_box(geo, geo["dst"]), stats)
 
     def count_windows(self, volume: Volume, lung_mask: np.ndarray | None) -> int:
         """Windows of the ROI box (an upper bound of those run; for progress bars)."""
