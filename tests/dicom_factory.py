@@ -35,6 +35,7 @@ def write_ct_series(
     direction = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
     row_dir, col_dir, normal = direction[:, 0], direction[:, 1], direction[:, 2]
     study_uid, series_uid = generate_uid(), series_uid or generate_uid()
+    frame_uid = generate_uid()  # one frame of reference for the whole series
     stored = np.round((hu.astype(np.float64) - intercept) / slope).astype(np.int16)
     n = hu.shape[2]
     order = np.random.default_rng(0).permutation(n) if shuffle_names else np.arange(n)
@@ -49,7 +50,7 @@ def write_ct_series(
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.FrameOfReferenceUID = generate_uid()
+        ds.FrameOfReferenceUID = frame_uid
         ds.Modality = modality
         ds.PatientName, ds.PatientID = patient_name, patient_id
         ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20200101", 1, int(order[k]) + 1
