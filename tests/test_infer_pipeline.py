@@ -207,11 +207,28 @@ def test_lung_bases_only_runs_and_warns(tiny_ckpt, shared_data, tmp_path) -> Non
     assert read_volume(res.outputs["lungs"]).array.sum() > 0
 
 
-def test_missing_bundled_model_is_a_clear_input_error() -> None:
-    if BUNDLED_MODEL.is_file():
-        pytest.skip("a bundled model is installed")
+def test_missing_bundled_model_is_a_clear_input_error(monkeypatch, tmp_path) -> None:
+    import medseg.models.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "BUNDLED_MODEL", tmp_path / "not_installed.pt")
     with pytest.raises(InputError, match="bundled model"):
         Segmenter(device="cpu")
+
+
+def test_bundled_model_loads_safely_with_its_plan_and_split() -> None:
+    """The shipped weights: weights_only load, plan rebuilds the network, held-out patients recorded."""
+    import torch
+
+    from medseg.models import load_model
+
+    assert BUNDLED_MODEL.is_file(), "medseg/models/weights/lung_nodule.pt must ship with the package"
+    assert BUNDLED_MODEL.stat().st_size < 50e6
+    payload = torch.load(BUNDLED_MODEL, weights_only=True)
+    assert payload["split"]["val_patients"] and payload["plan"]["orientation"] == "RAS"
+    model, plan, _ = load_model(None)
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 1, *plan.patch_size))
+    assert out.shape == (1, 2, *plan.patch_size)
 
 
 def test_cli_infer_crop_mode(tiny_ckpt, phantoms, tmp_path, capsys) -> None:

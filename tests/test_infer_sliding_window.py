@@ -11,14 +11,7 @@ from medseg.inference.sliding_window import sliding_window_probability, window_g
 from medseg.models import build_network
 from medseg.plan import NetworkPlan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny windows on a shared 2-core box: thread hand-offs cost far more than the convolutions
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medseg.io.volume import Volume
+from medseg.models.device import resolve_device
 from medseg.plan import Plan
 from medseg.transforms import normalise_ct
 
@@ -26,17 +27,6 @@ log = logging.getLogger(__name__)
 LUNG_MARGIN_MM = 8.0
 #: HU used to pad outside the scan: air.
 PAD_HU = -1000.0
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        from medseg.errors import InputError
-
-        raise InputError(None, "--device cuda requested but no CUDA device is available")
-    return torch.device(device)
 
 
 def _ornt_to(volume: Volume, axcodes: str) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ import torch
 
 from medseg.errors import InputError
 from medseg.io.atomic import write_json_atomic
+from medseg.models.device import resolve_device
 
 log = logging.getLogger("medseg.training")
 
@@ -29,16 +30,6 @@ OVERRIDES = (
     "res_block", "optimizer", "amp", "val_cases", "cache_rate", "quiet", "tensorboard", "epoch_callback",
     "log_every", "dataset_weights",
 )
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(Path(device), "CUDA was requested but no CUDA device is available")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InputError(Path(device), "device must be auto, cpu or cuda")
-    return torch.device(device)
 
 
 def _read_json(path: Path) -> Any:
