@@ -125,3 +125,22 @@ def test_threshold_other_than_half_is_the_crf_decision_level():
     off = CRFSettings(bilateral_weight=0.0)
     for t in (0.3, 0.5, 0.7):
         assert np.array_equal(refine(prob, image, SPACING, threshold=t, settings=off), prob >= t)
+
+
+def test_auto_backend_falls_back_to_torch_without_pydensecrf(monkeypatch):
+    """A machine without the optional pydensecrf2 build still refines (default backend 'auto')."""
+    import builtins
+
+    from medseg.postprocess.crf import resolve_backend
+
+    assert resolve_backend("auto") == "pydensecrf"  # installed in the dev environment
+    real_import = builtins.__import__
+
+    def no_pydensecrf(name, *args, **kwargs):
+        if name.startswith("pydensecrf"):
+            raise ImportError("not installed")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pydensecrf)
+    assert resolve_backend("auto") == "torch"
+    assert resolve_backend("pydensecrf") == "pydensecrf"

@@ -35,8 +35,9 @@ class CRFSettings:
     bilateral_weight: float = 2.0     # vs the unary log-odds; the kernel is row-normalised
     hu_window: tuple[float, float] = (-1000.0, 400.0)  # clip before the bilateral kernel
     normalize: str = "before"         # pydensecrf: bilateral rows sum to 1 ("before") or mass-scaled
-    backend: str = "pydensecrf"       # "pydensecrf" (permutohedral lattice) or "torch" (exact,
-                                      # truncated local kernels, runs on GPU too)
+    backend: str = "auto"             # "pydensecrf" (permutohedral lattice), "torch" (exact,
+                                      # truncated local kernels, runs on GPU too) or "auto":
+                                      # pydensecrf when installed (4x faster on CPU), else torch
     truncate: float = 2.0             # torch: kernel radius in sigmas
     device: str = "cpu"               # torch backend device
     min_kept_fraction: float = 0.5    # guard: a box whose CRF mask keeps less of the thresholded
@@ -53,6 +54,17 @@ def _require_pydensecrf():
             "CRF refinement needs pydensecrf2: pip install 'medseg[crf]' (or disable crf)"
         ) from exc
     return dcrf, dutils
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``pydensecrf`` when it imports, else ``torch`` (both measured to help)."""
+    if backend != "auto":
+        return backend
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "pydensecrf"
 
 
 def _kernel_mass(sigma_vox: np.ndarray) -> float:
@@ -224,7 +236,7 @@ def refine(
     out = mask.copy()
     touched = np.zeros(mask.shape, dtype=bool)
     for box in candidate_boxes(mask, spacing, s.pad_mm, s.min_voxels):
-        solve = crf_box_torch if s.backend == "torch" else crf_box
+        solve = crf_box_torch if resolve_backend(s.backend) == "torch" else crf_box
         q = solve(probability[box], image[box], spacing, s) >= 0.5
         m = mask[box]
         n = int(m.sum())
