@@ -40,6 +40,9 @@ class InferencePlan:
     """Sliding-window settings used at inference time."""
 
     overlap: float = 0.25
+    #: sliding-window size (voxels at plan spacing); None = the training patch size. DynUNet is
+    #: fully convolutional, and larger windows cost less per voxel on CPU.
+    window: tuple[int, int, int] | None = None
     blend_mode: str = "gaussian"
     sw_batch_size: int = 2
     threshold: float = 0.5
@@ -77,6 +80,8 @@ class Plan:
         plan.spacing = tuple(float(s) for s in plan.spacing)  # type: ignore[assignment]
         plan.patch_size = tuple(int(s) for s in plan.patch_size)  # type: ignore[assignment]
         plan.intensity.clip = tuple(float(c) for c in plan.intensity.clip)  # type: ignore[assignment]
+        if plan.inference.window is not None:
+            plan.inference.window = tuple(int(w) for w in plan.inference.window)  # type: ignore[assignment]
         return plan
 
 

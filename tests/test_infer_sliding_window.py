@@ -82,3 +82,23 @@ def test_tta_is_flip_average_of_logit_differences(net) -> None:
             lo = torch.flip(lo, axes) if axes else lo
             diffs.append((lo[0, 1] - lo[0, 0]).numpy())
     np.testing.assert_allclose(prob, 1 / (1 + np.exp(-np.mean(diffs, axis=0))), atol=1e-5)
+
+
+def test_plan_inference_window_is_data_not_code():
+    """plan.inference.window (JSON in the checkpoint) sets the sliding window; None = training patch."""
+    from medseg.inference.predictor import Predictor
+    from medseg.models import build_network
+    from medseg.plan import NetworkPlan, Plan
+
+    net_plan = NetworkPlan(filters=[4, 8], kernel_size=[[3, 3, 3]] * 2, strides=[[1, 1, 1], [2, 2, 2]],
+                           deep_supervision=False)
+    plan = Plan(patch_size=(16, 16, 8), network=net_plan)
+    model = build_network(net_plan)
+    assert Predictor(model, plan).window == (16, 16, 8)
+    data = plan.to_dict()
+    data["inference"]["window"] = [32, 32, 16]
+    windowed = Plan.from_dict(data)
+    assert Predictor(model, windowed).window == (32, 32, 16)
+    data["inference"]["window"] = [33, 32, 16]  # not divisible by the network's stride
+    with pytest.raises(ValueError, match="divisible"):
+        Predictor(model, Plan.from_dict(data))

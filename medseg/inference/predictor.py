@@ -119,7 +119,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.plan = plan
-        self.window = tuple(int(w) for w in (window or plan.patch_size))
+        self.window = tuple(int(w) for w in (window or plan.inference.window or plan.patch_size))
         self.overlap = plan.inference.overlap if overlap is None else float(overlap)
         self.sw_batch_size = int(sw_batch_size or plan.inference.sw_batch_size)
         self.tta = tta
