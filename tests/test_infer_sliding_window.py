@@ -90,8 +90,8 @@ def test_plan_inference_window_is_data_not_code():
     from medseg.models import build_network
     from medseg.plan import NetworkPlan, Plan
 
-    net_plan = NetworkPlan(filters=[4, 8], kernel_size=[[3, 3, 3]] * 2, strides=[[1, 1, 1], [2, 2, 2]],
-                           deep_supervision=False)
+    net_plan = NetworkPlan(filters=[4, 8, 8], kernel_size=[[3, 3, 3]] * 3,
+                           strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], deep_supervision=False)
     plan = Plan(patch_size=(16, 16, 8), network=net_plan)
     model = build_network(net_plan)
     assert Predictor(model, plan).window == (16, 16, 8)
@@ -99,6 +99,6 @@ def test_plan_inference_window_is_data_not_code():
     data["inference"]["window"] = [32, 32, 16]
     windowed = Plan.from_dict(data)
     assert Predictor(model, windowed).window == (32, 32, 16)
-    data["inference"]["window"] = [33, 32, 16]  # not divisible by the network's stride
+    data["inference"]["window"] = [34, 32, 16]  # not divisible by the network's total stride (4)
     with pytest.raises(ValueError, match="divisible"):
         Predictor(model, Plan.from_dict(data))
