@@ -96,11 +96,12 @@ def crf_box(
     n = p.size
     crf = dcrf.DenseCRF(n, 2)
     crf.setUnaryEnergy(np.ascontiguousarray(dutils.unary_from_softmax(softmax)))
-    smooth = s.smooth_sigma_mm / sp
-    crf.addPairwiseEnergy(
-        dutils.create_pairwise_gaussian(sdims=tuple(smooth), shape=p.shape),
-        compat=s.smooth_weight / _kernel_mass(smooth),
-    )
+    if s.smooth_weight > 0:  # a zero-weight kernel would still be filtered every iteration
+        smooth = s.smooth_sigma_mm / sp
+        crf.addPairwiseEnergy(
+            dutils.create_pairwise_gaussian(sdims=tuple(smooth), shape=p.shape),
+            compat=s.smooth_weight / _kernel_mass(smooth),
+        )
     norm = dcrf.NORMALIZE_BEFORE if s.normalize == "before" else dcrf.NORMALIZE_SYMMETRIC
     hu = np.clip(image.astype(np.float32), *s.hu_window)
     bil = s.bilateral_sigma_mm / sp
