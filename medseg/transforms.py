@@ -93,28 +93,87 @@ class BinariseLabeld(MapTransform):
         return d
 
 
-def _preprocess(plan: Plan):  # noqa: ANN202
-    """Deterministic part shared by training and validation (cached by ``CacheDataset``)."""
-    from monai.transforms import EnsureTyped, Orientationd, Spacingd, SpatialPadd
+class HardNegativeMapd(MapTransform):
+    """Add ``sampling_key``: 1 = foreground, 2 = hard negative, 0 = any other voxel.
 
-    return [
+    A hard negative is a dense voxel (>= ``min_hu``) that is not foreground and sits in aerated
+    surroundings (mean HU over a ``context_mm`` box <= ``max_context_hu``): vessels, airway walls
+    and fissures inside the lung, which are what a nodule model mistakes for nodules on a whole
+    scan. Random background patches rarely land on them, so they are sampled on purpose. Runs on
+    the HU image (before normalisation); ``spacing`` is the image's voxel size in mm.
+    """
+
+    def __init__(self, image_key: str, label_key: str, sampling_key: str, spacing, min_hu: float = -500.0,  # noqa: ANN001
+                 max_context_hu: float = -500.0, context_mm: float = 6.0) -> None:
+        super().__init__([image_key, label_key])
+        self.image_key, self.label_key, self.sampling_key = image_key, label_key, sampling_key
+        self.spacing = [float(s) for s in spacing]
+        self.min_hu, self.max_context_hu, self.context_mm = float(min_hu), float(max_context_hu), float(context_mm)
+
+    def __call__(self, data):  # noqa: ANN001, ANN204
+        import torch
+        from scipy import ndimage
+
+        d = dict(data)
+        img = np.asarray(d[self.image_key].detach().cpu())[0].astype(np.float32, copy=False)
+        fg = np.asarray(d[self.label_key].detach().cpu())[0] > 0
+        size = [max(1, int(round(self.context_mm / s)) | 1) for s in self.spacing]  # odd, centred box
+        context = ndimage.uniform_filter(img, size=size, mode="nearest")
+        out = np.zeros(img.shape, np.uint8)
+        out[(img >= self.min_hu) & (context <= self.max_context_hu) & ~fg] = 2
+        out[fg] = 1
+        d[self.sampling_key] = torch.from_numpy(out)[None]
+        return d
+
+
+def _preprocess(plan: Plan, hard_negatives: dict | None = None, max_indices: int = 200_000):  # noqa: ANN202
+    """Deterministic part shared by training and validation (cached by ``CacheDataset``).
+
+    With ``hard_negatives`` (training), a three-class sampling map is built (see
+    :class:`HardNegativeMapd`) and reduced to at most ``max_indices`` crop centres per class, so the
+    random crop does not rescan a whole-scan volume on every draw.
+    """
+    from monai.transforms import (
+        ClassesToIndicesd,
+        DeleteItemsd,
+        EnsureTyped,
+        Orientationd,
+        Spacingd,
+        SpatialPadd,
+    )
+
+    xs = [
         LoadVolumed(["image", "label"]),
         BinariseLabeld("label"),
         Orientationd(["image", "label"], axcodes=plan.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(["image", "label"], pixdim=plan.spacing, mode=("bilinear", "nearest")),
+    ]
+    if hard_negatives is not None:
+        opts = {k: hard_negatives[k] for k in ("min_hu", "max_context_hu", "context_mm") if k in hard_negatives}
+        xs.append(HardNegativeMapd("image", "label", "sampling", plan.spacing, **opts))
+    xs += [
         NormaliseCTd("image", plan.intensity),
         SpatialPadd("image", spatial_size=plan.patch_size, mode="constant", value=pad_value(plan.intensity)),
         SpatialPadd("label", spatial_size=plan.patch_size, mode="constant", value=0),
-        EnsureTyped(["image", "label"], dtype=np.float32, track_meta=False),
     ]
+    if hard_negatives is not None:
+        xs += [
+            SpatialPadd("sampling", spatial_size=plan.patch_size, mode="constant", value=0),
+            ClassesToIndicesd("sampling", indices_postfix="_idx", num_classes=3, max_samples_per_class=max_indices),
+            DeleteItemsd("sampling"),
+        ]
+    xs.append(EnsureTyped(["image", "label"], dtype=np.float32, track_meta=False))
+    return xs
 
 
 def train_transforms(plan: Plan, task: dict | None = None):  # noqa: ANN201
     """Training pipeline: load, RAS, resample, normalise, pad; fg-oversampled crop; augmentation."""
     from monai.transforms import (
         Compose,
+        DeleteItemsd,
         RandAdjustContrastd,
         RandAffined,
+        RandCropByLabelClassesd,
         RandCropByPosNegLabeld,
         RandFlipd,
         RandGaussianNoised,
@@ -128,13 +187,24 @@ def train_transforms(plan: Plan, task: dict | None = None):  # noqa: ANN201
     aug = task.get("augmentation", {})
     keys = ["image", "label"]
     patch = list(plan.patch_size)
-    xs: list = _preprocess(plan)
-    xs.append(
-        RandCropByPosNegLabeld(
-            keys, label_key="label", spatial_size=patch, pos=float(samp.get("pos", 2)),
-            neg=float(samp.get("neg", 1)), num_samples=1,
+    hard = dict(samp.get("hard_negative") or {})
+    if float(hard.get("ratio", 0)) > 0:
+        # background : foreground : hard negative; a class a case lacks is skipped for that case
+        xs: list = _preprocess(plan, hard_negatives=hard)
+        ratios = [float(samp.get("neg", 1)), float(samp.get("pos", 2)), float(hard["ratio"])]
+        xs += [
+            RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, ratios=ratios, num_classes=3,
+                                    num_samples=1, indices_key="sampling_idx", warn=False),
+            DeleteItemsd("sampling_idx"),
+        ]
+    else:
+        xs = _preprocess(plan)
+        xs.append(
+            RandCropByPosNegLabeld(
+                keys, label_key="label", spatial_size=patch, pos=float(samp.get("pos", 2)),
+                neg=float(samp.get("neg", 1)), num_samples=1,
+            )
         )
-    )
     if aug.get("affine", 0):
         rot = np.deg2rad(float(aug.get("rotate_deg", 15.0)))
         scale = float(aug.get("scale", 0.15))

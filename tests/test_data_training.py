@@ -161,7 +161,7 @@ def test_user_task_file_overrides_bundled_defaults(tmp_path):
     p.write_text("name: liver\nlabels: {background: 0, tumour: 1}\nsampling: {pos: 1}\n")
     t = load_task(p)
     assert t["name"] == "liver" and t["labels"] == {"background": 0, "tumour": 1}
-    assert t["sampling"] == {"pos": 1, "neg": 1} and "optimizer" in t
+    assert t["sampling"]["pos"] == 1 and t["sampling"]["neg"] == 1 and "optimizer" in t
     with pytest.raises(InputError):
         load_task(tmp_path / "nope.yaml")
 
@@ -184,3 +184,43 @@ def test_dataset_weights_set_each_datasets_share_of_patches():
     assert abs(phantom_share - 0.25) < 0.03  # uniform sampling would give 0.10
     with pytest.raises(InputError):
         case_weights(cases, [1.0])
+
+
+def test_hard_negative_sampling_centres_patches_on_vessels_not_nodules_or_air(tmp_path):
+    """Hard-negative crops land on dense structures in aerated lung, never on the nodule."""
+    from medseg.plan import IntensityPlan, Plan
+    from medseg.transforms import train_transforms
+
+    shape = (48, 48, 32)
+    ct = np.full(shape, -850, np.int16)  # aerated lung
+    ct[:, 10:12, 10:12] = 40  # a thin vessel along i
+    ct[:, :, 28:] = 40  # a slab of soft tissue (chest wall): dense but not in aerated surroundings
+    nodule = _sphere(shape, centre=(30, 34, 14), r=4)
+    ct[nodule > 0] = 30
+    _write(tmp_path / "image" / "c.nii.gz", ct)
+    _write(tmp_path / "mask" / "c.nii.gz", nodule)
+    plan = Plan(spacing=(1.0, 1.0, 1.0), patch_size=(8, 8, 8),
+                intensity=IntensityPlan(clip=(-1000.0, 1000.0), mean=0.0, std=1000.0))
+    item = {"image": str(tmp_path / "image" / "c.nii.gz"), "label": str(tmp_path / "mask" / "c.nii.gz")}
+
+    def centres(neg, pos, hard, n=30):
+        task = {"sampling": {"neg": neg, "pos": pos, "hard_negative": {"ratio": hard, "context_mm": 7.0}},
+                "augmentation": {}}
+        tf = train_transforms(plan, task)
+        tf.set_random_state(seed=3)
+        out = []
+        for _ in range(n):
+            (patch,) = tf(item)
+            assert set(patch) == {"image", "label"}  # the sampling map and indices are dropped
+            img = np.asarray(patch["image"][0]) * 1000.0
+            out.append((img[4, 4, 4], float(np.asarray(patch["label"][0])[4, 4, 4])))
+        return out
+
+    hard = centres(0, 0, 1)
+    assert all(hu >= -500 and lab == 0 for hu, lab in hard)  # dense, not nodule
+    assert all(hu == pytest.approx(40, abs=1) for hu, _ in hard)  # the vessel (chest wall excluded)
+    mixed = centres(0, 1, 1)  # half nodule, half vessel, never air
+    n_nodule = sum(lab == 1 for _, lab in mixed)
+    assert 5 <= n_nodule <= 25 and all(lab == 1 or hu == pytest.approx(40, abs=1) for hu, lab in mixed)
+    # ratio 0 keeps the plain positive/negative crop (the behaviour of older task files)
+    assert all(lab == 1 for _, lab in centres(0, 1, 0, n=5))

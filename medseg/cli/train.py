@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--res-block", action="store_true", default=None, help="residual blocks in the U-Net")
     p.add_argument("--dataset-weights", type=_floats, default=None, metavar="W1,W2,...",
                    help="share of sampled patches per --data folder, in order (default: uniform over cases)")
+    p.add_argument("--init-weights", default=None, metavar="CKPT",
+                   help="fine-tune: start from this model's plan and weights (copy its splits.json into -o first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-step logs")
     p.set_defaults(func=run)
 
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         filters=filters, spacing=args.spacing, lr=args.lr, optimizer=args.optimizer,
         steps_per_epoch=args.steps_per_epoch, num_workers=args.num_workers, val_cases=args.val_cases,
         amp=args.amp, res_block=args.res_block, quiet=args.quiet, dataset_weights=args.dataset_weights,
+        init_weights=args.init_weights,
     )
     print(f"best checkpoint: {best}")
     return 0

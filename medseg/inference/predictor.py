@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,13 +58,46 @@ def interp_axis(array: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarr
     return a0
 
 
-def interp3(array: np.ndarray, positions: list[np.ndarray]) -> np.ndarray:
-    """Separable trilinear resampling at per-axis positions (shrinking axes first, to save work)."""
-    order = sorted(range(3), key=lambda a: len(positions[a]) / max(array.shape[a], 1))
+def _axis_order(shape: tuple[int, ...], positions: list[np.ndarray]) -> list[int]:
+    """Shrinking axes first: later passes then work on less data."""
+    return sorted(range(3), key=lambda a: len(positions[a]) / max(shape[a], 1))
+
+
+def _interp3_whole(array: np.ndarray, positions: list[np.ndarray], order: list[int] | None = None) -> np.ndarray:
+    order = order or _axis_order(array.shape, positions)
     out = array
     for a in order:
         out = interp_axis(out, positions[a], a)
     return np.asarray(out, dtype=np.float32)
+
+
+def interp3(
+    array: np.ndarray,
+    positions: list[np.ndarray],
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    chunk: int = 8,
+) -> np.ndarray:
+    """Separable trilinear resampling at per-axis positions (float32 result).
+
+    Works in chunks of ``chunk`` output planes along the last axis, so the temporaries are a few
+    planes, not volume-sized copies: peak memory is the input plus the output. ``transform``
+    (elementwise, e.g. intensity normalisation) is applied to each input chunk, which spares a
+    float32 copy of the whole input. The result equals a whole-array pass.
+    """
+    pos = [np.clip(np.asarray(p, dtype=np.float64), 0, max(n - 1, 0)) for p, n in zip(positions, array.shape)]
+    n_last = array.shape[2]
+    order = _axis_order(array.shape, pos)  # the whole pass's order, so chunks round identically
+    out = np.empty(tuple(len(p) for p in pos), dtype=np.float32)
+    for c0 in range(0, out.shape[2], max(1, int(chunk))):
+        c1 = min(out.shape[2], c0 + max(1, int(chunk)))
+        p2 = pos[2][c0:c1]
+        # at least two input planes (when there are two), so clamping at the end matches a whole pass
+        lo = max(0, min(int(np.floor(p2.min())), n_last - 2))
+        hi = min(n_last, int(np.floor(p2.max())) + 2)
+        sub = array[:, :, lo:hi]
+        sub = transform(sub) if transform is not None else sub
+        out[:, :, c0:c1] = _interp3_whole(sub, [pos[0], pos[1], p2 - lo], order)
+    return out
 
 
 def model_grid_size(n: int, spacing: float, target: float) -> int:
@@ -214,7 +248,7 @@ class Predictor:
         src_box = self._input_box(geo, geo["src"])
         crop = nib.orientations.apply_orientation(np.asarray(volume.array[src_box]), geo["fwd"])
         positions = [np.arange(k0, k1) * sc - s0 for (k0, k1), sc, (s0, _) in zip(geo["k"], geo["scale"], geo["src"])]
-        img = interp3(normalise_ct(crop, self.plan.intensity), positions)
+        img = interp3(crop, positions, transform=lambda a: normalise_ct(a, self.plan.intensity))
         del crop
         mask = None
         if lung_mask is not None:

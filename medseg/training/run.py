@@ -28,7 +28,7 @@ log = logging.getLogger("medseg.training")
 OVERRIDES = (
     "patch_size", "batch_size", "filters", "spacing", "lr", "steps_per_epoch", "num_workers", "folds", "seed",
     "res_block", "optimizer", "amp", "val_cases", "cache_rate", "quiet", "tensorboard", "epoch_callback",
-    "log_every", "dataset_weights",
+    "log_every", "dataset_weights", "init_weights",
 )
 
 
@@ -52,7 +52,10 @@ def train(
     ``task`` is a task name, YAML path or task dict; ``data`` one or more dataset folders (layout
     detected). ``max_time_minutes`` bounds the training loop (validation and the final checkpoint
     included; data preparation excluded). ``resume=True`` continues from ``out_dir/last.pt`` with
-    the run's saved plan and split. Overrides: see :data:`OVERRIDES`.
+    the run's saved plan and split. ``init_weights=CKPT`` starts a new run from a trained model
+    (fine-tuning): its plan and weights are taken, the dataset is not re-planned; put the model's
+    ``splits.json`` in ``out_dir`` first to keep its validation patients held out. Overrides: see
+    :data:`OVERRIDES`.
     """
     from medseg.data.datasets import read_datasets
     from medseg.data.planning import fingerprint_dataset, make_plan
@@ -88,7 +91,9 @@ def train(
             raise InputError(run_dir, "run folder already holds a training run (use --resume or another -o)")
 
         cases = read_datasets(data)
-        payload = None
+        payload = init = None
+        if ov.get("init_weights") and not resume:
+            init = load_checkpoint_dict(ov["init_weights"])
         if resume:
             payload = load_checkpoint_dict(last)
             plan = Plan.from_dict(payload["plan"])
@@ -108,15 +113,20 @@ def train(
                     splits = make_splits(cases, folds=folds, seed=seed)
                     save_splits(splits, run_dir / "splits.json")
                 train_cases, _ = fold_cases(cases, splits, fold)
-                int_cfg = task_dict.get("intensity", {})
-                log.info("fingerprinting %d training cases", len(train_cases))
-                fp = fingerprint_dataset(train_cases, int(int_cfg.get("samples_per_case", 10000)), seed,
-                                         progress=bars)
-                write_json_atomic(run_dir / "fingerprint.json", fp)
-                mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else None
-                plan_obj = make_plan(fp, task_dict, dev.type, mem, {
-                    k: ov.get(k) for k in ("patch_size", "batch_size", "filters", "spacing", "res_block")})
-                plan_d = plan_obj.to_dict()
+                if init is not None:  # fine-tuning: the model's own plan (spacing, intensities, network)
+                    plan_d = dict(init["plan"])
+                    if ov.get("batch_size"):
+                        plan_d["batch_size"] = int(ov["batch_size"])
+                else:
+                    int_cfg = task_dict.get("intensity", {})
+                    log.info("fingerprinting %d training cases", len(train_cases))
+                    fp = fingerprint_dataset(train_cases, int(int_cfg.get("samples_per_case", 10000)), seed,
+                                             progress=bars)
+                    write_json_atomic(run_dir / "fingerprint.json", fp)
+                    mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else None
+                    plan_obj = make_plan(fp, task_dict, dev.type, mem, {
+                        k: ov.get(k) for k in ("patch_size", "batch_size", "filters", "spacing", "res_block")})
+                    plan_d = plan_obj.to_dict()
                 write_json_atomic(run_dir / "plan.json", plan_d)
                 write_json_atomic(run_dir / "task.json", task_dict)
                 write_json_atomic(run_dir / "config.json", {
@@ -141,6 +151,15 @@ def train(
                                      float(ov.get("cache_rate", tcfg.get("cache_rate", 1.0))), not bars or not main)
         torch.manual_seed(seed)
         model = build_network(plan.network)
+        if init is not None:
+            model.load_state_dict(init["state_dict"])
+            held_out = set((init.get("split") or {}).get("val_patients") or [])
+            leaked = held_out & {c.group for c in train_cases}
+            if main:
+                log.info("initialised from %s", ov["init_weights"])
+                if leaked:
+                    log.warning("%d of the initial model's validation patients are training cases here: "
+                                "its held-out figures no longer hold (reuse its splits.json)", len(leaked))
         opt_cfg = dict(task_dict.get("optimizer", {}))
         if "optimizer" in ov:
             opt_cfg["name"] = ov["optimizer"]
