@@ -120,3 +120,35 @@ def test_resume_continues_exactly(data, tmp_path):
     assert [r["train_loss"] for r in _rows(full)] == [r["train_loss"] for r in _rows(part)]
     with pytest.raises(InputError, match="no last.pt"):
         train("lung_nodule", [data], tmp_path / "new", max_epochs=1, device="cpu", resume=True, **TINY)
+
+
+def test_init_weights_fine_tunes_from_a_trained_model_with_its_plan(data, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from medseg.training.run import train
+
+    src, ft = tmp_path / "src", tmp_path / "ft"
+    train("lung_nodule", [data], src, max_epochs=4, device="cpu", steps_per_epoch=3, lr=0.01, **TINY)
+    ft.mkdir()
+    shutil.copy(src / "splits.json", ft / "splits.json")  # keep the source's held-out patients
+    other = {**TINY, "filters": [4, 8, 16], "patch_size": [8, 8, 8]}  # ignored: the model's plan wins
+    with caplog.at_level(logging.WARNING, logger="medseg.training"):
+        train("lung_nodule", [data], ft, max_epochs=1, device="cpu", steps_per_epoch=3, lr=0.01,
+              init_weights=str(src / "best.pt"), **other)
+    assert json.loads((ft / "plan.json").read_text()) == json.loads((src / "plan.json").read_text())
+    assert not (ft / "fingerprint.json").exists()
+    assert "no longer hold" not in caplog.text
+    # started from the trained weights: the first epoch's loss is the trained model's, not a fresh one's
+    assert float(_rows(ft)[0]["train_loss"]) < float(_rows(src)[0]["train_loss"])
+
+    # a split that puts the source's validation patients into training is flagged
+    leak = tmp_path / "leak"
+    leak.mkdir()
+    splits = json.loads((src / "splits.json").read_text())
+    splits["folds"] = [{"train": f["val"], "val": f["train"]} for f in splits["folds"]]  # swapped sides
+    (leak / "splits.json").write_text(json.dumps(splits))
+    with caplog.at_level(logging.WARNING, logger="medseg.training"):
+        train("lung_nodule", [data], leak, max_epochs=1, device="cpu", steps_per_epoch=1,
+              init_weights=str(src / "best.pt"), **TINY)
+    assert "no longer hold" in caplog.text
