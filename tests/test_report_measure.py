@@ -129,3 +129,13 @@ def test_preview_is_radiological_for_any_orientation(tmp_path, flip) -> None:
     assert len(xs) > 0
     assert xs.mean() < 128, "patient's right must be on the image's left"
     assert ys.mean() < 128, "anterior must be at the top"
+
+
+def test_preview_mip_equals_clip_then_max_without_a_volume_copy():
+    from medseg.report.preview import _slab_mip
+
+    rng = np.random.default_rng(1)
+    ct = rng.integers(-1024, 2000, size=(20, 18, 12)).astype(np.int16)
+    out = _slab_mip(ct)
+    np.testing.assert_array_equal(out, np.clip(ct, None, 150).max(axis=2))
+    assert out.dtype == ct.dtype

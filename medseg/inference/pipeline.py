@@ -137,6 +137,7 @@ class Segmenter:
             )
             labels[roi.box] = lab_roi
             probability_roi = roi
+            del roi, lab_roi, image_roi
             timings["postprocess_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -147,13 +148,16 @@ class Segmenter:
             None if probability_roi is None else probability_roi.box,
         )
         outputs: dict[str, str] = {}
-        outputs["nodules"] = str(write_mask(labels, volume, out / f"{name}_nodules.nii.gz", np.uint16))
-        lungs = mask if mask is not None else np.zeros(volume.shape, np.uint8)
-        outputs["lungs"] = str(write_mask(lungs.astype(np.uint8), volume, out / f"{name}_lungs.nii.gz", np.uint8))
         if self.settings.save_probabilities:
             full = probability_roi.full(volume.shape) if probability_roi else np.zeros(volume.shape, np.float32)
             outputs["probabilities"] = str(write_mask(full, volume, out / f"{name}_probabilities.nii.gz", np.float32))
             del full
+        probability_roi = None  # measured and written: free it before the other outputs (peak memory)
+        outputs["nodules"] = str(write_mask(labels, volume, out / f"{name}_nodules.nii.gz", np.uint16))
+        lungs = mask if mask is not None else np.zeros(volume.shape, np.uint8)
+        outputs["lungs"] = str(write_mask(lungs.view(np.uint8) if lungs.dtype == bool else lungs, volume,
+                                          out / f"{name}_lungs.nii.gz", np.uint8))
+        del lungs, mask
         if self.settings.preview:
             from medseg.report.preview import write_preview
 

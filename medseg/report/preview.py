@@ -78,10 +78,12 @@ def write_preview(
     mip_lab = lab.max(axis=2)
     tiles.append(_tile(_grey(ct.max(axis=2) if ct.shape[2] < 8 else _slab_mip(ct)), mip_lab, spacing[:2], "axial MIP"))
     ids = [n["id"] for n in (nodules or [])][:MAX_SLICES] or []
+    boxes = ndimage.find_objects(lab, max_label=max(ids, default=0)) if ids else []  # no volume-sized masks
     for nid in ids:
-        zs = np.nonzero((lab == nid).any(axis=(0, 1)))[0]
-        if len(zs) == 0:
+        box = boxes[nid - 1] if 0 < nid <= len(boxes) else None
+        if box is None:
             continue
+        zs = [z for z in range(box[2].start, box[2].stop) if (lab[box[0], box[1], z] == nid).any()]
         z = int(zs[len(zs) // 2])
         tiles.append(_tile(_grey(ct[:, :, z]), lab[:, :, z], spacing[:2], f"nodule {nid}, slice {z}"))
     if len(tiles) == 1:  # no nodule: show the middle slice for context
@@ -96,5 +98,8 @@ def write_preview(
 
 
 def _slab_mip(ct: np.ndarray) -> np.ndarray:
-    """MIP of the lung window: clip bones so that vessels and nodules stand out."""
-    return np.clip(ct, None, 150).max(axis=2)
+    """MIP of the lung window: bones clipped so that vessels and nodules stand out.
+
+    Clipping from above commutes with the maximum, so the MIP is taken first: no volume copy.
+    """
+    return np.minimum(ct.max(axis=2), np.asarray(150, dtype=ct.dtype))
