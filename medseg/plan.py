@@ -39,7 +39,9 @@ class NetworkPlan:
 class InferencePlan:
     """Sliding-window settings used at inference time."""
 
-    overlap: float = 0.25
+    #: 0.5 as in MONAI/nnU-Net: with per-window instance normalisation the blended output depends on
+    #: where windows fall, and 0.25 gave masks with Dice 0.62 against 0.5 on a phantom.
+    overlap: float = 0.5
     #: sliding-window size (voxels at plan spacing); None = the training patch size. DynUNet is
     #: fully convolutional, and larger windows cost less per voxel on CPU.
     window: tuple[int, int, int] | None = None

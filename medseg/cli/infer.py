@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="checkpoint (.pt); default: the bundled lung-nodule model")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--tta", action="store_true", help="average over flipped copies (8x slower)")
+    p.add_argument("--overlap", type=_overlap, default=None,
+                   help="sliding-window overlap in [0, 1) (default: the model's, 0.5); lower is faster but "
+                        "changes the masks")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
     crf = p.add_mutually_exclusive_group()
     crf.add_argument("--crf", dest="crf", action="store_true", default=None, help="refine with a 3D dense CRF")
@@ -31,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _overlap(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"overlap must be in [0, 1), got {text}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from medseg.inference.pipeline import infer
 
@@ -40,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         tta=args.tta,
+        overlap=args.overlap,
         save_probabilities=args.save_probabilities,
         crf=args.crf,
         lung_mask=not args.crop_mode,

@@ -30,6 +30,7 @@ class InferenceSettings:
     model: str | None = None  # checkpoint path; None = bundled model
     device: str = "auto"  # auto|cpu|cuda
     tta: bool = False
+    overlap: float | None = None  # sliding-window overlap; None = the model plan's (0.5)
     save_probabilities: bool = False
     lung_mask: bool = True  # False = "crop mode": no lung masking/ROI (for nodule crops)
     crf: bool | None = None  # None = PostprocessSettings default
@@ -59,7 +60,8 @@ class Segmenter:
         from medseg.inference.predictor import Predictor
 
         self.settings = dataclasses.replace(settings or InferenceSettings(), **overrides)
-        self.predictor = Predictor.from_checkpoint(self.settings.model, self.settings.device, tta=self.settings.tta)
+        self.predictor = Predictor.from_checkpoint(self.settings.model, self.settings.device, tta=self.settings.tta,
+                                                   overlap=self.settings.overlap)
         self.plan = self.predictor.plan
 
     # ----------------------------------------------------------------- pieces

@@ -25,7 +25,10 @@ from medseg.transforms import normalise_ct
 log = logging.getLogger(__name__)
 
 #: Margin (mm) around the lung mask: windows within it are run and the ROI box is grown by it.
-LUNG_MARGIN_MM = 8.0
+#: Every voxel inside the lung is covered only by windows that touch the lung, so any margin keeps
+#: the result there equal to a whole-volume run; 2 mm absorbs the nearest-neighbour resampling of
+#: the mask. (8 mm ran 37% more windows on a 512x512x300 scan for voxels outside the lung.)
+LUNG_MARGIN_MM = 2.0
 #: HU used to pad outside the scan: air.
 PAD_HU = -1000.0
 
@@ -155,6 +158,8 @@ class Predictor:
         self.plan = plan
         self.window = tuple(int(w) for w in (window or plan.inference.window or plan.patch_size))
         self.overlap = plan.inference.overlap if overlap is None else float(overlap)
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"sliding-window overlap must be in [0, 1), got {self.overlap}")
         self.sw_batch_size = int(sw_batch_size or plan.inference.sw_batch_size)
         self.tta = tta
         self._check_window()

@@ -115,6 +115,10 @@ def train(
                 train_cases, _ = fold_cases(cases, splits, fold)
                 if init is not None:  # fine-tuning: the model's own plan (spacing, intensities, network)
                     plan_d = dict(init["plan"])
+                    # how to run the model is the task's to say (overlap, threshold...), not the weights'
+                    inf = {k: v for k, v in (task_dict.get("inference") or {}).items()
+                           if k in ("overlap", "blend_mode", "sw_batch_size", "threshold")}
+                    plan_d["inference"] = {**(plan_d.get("inference") or {}), **inf}
                     if ov.get("batch_size"):
                         plan_d["batch_size"] = int(ov["batch_size"])
                 else:
