@@ -247,3 +247,20 @@ def test_cli_infer_crop_mode(tiny_ckpt, phantoms, tmp_path, capsys) -> None:
     assert prob.same_grid(crop) and prob.array.min() > 0  # crop mode: the whole image was run
     assert "crop:" in capsys.readouterr().out
     assert cli_main(["infer", str(path), "-o", str(out), "--model", str(tmp_path / "nope.pt")]) == 2
+
+
+def test_cli_overlap_option_is_used_and_checked(tiny_ckpt, phantoms, tmp_path) -> None:
+    import json
+
+    ph = phantoms["LPS"][1]
+    crop = replace(ph.ct, array=np.ascontiguousarray(ph.ct.array[40:72, 40:72, 20:36]),
+                   origin=tuple(ph.ct.index_to_world(np.array([40, 40, 20]))))
+    path = write_volume(crop, tmp_path / "crop.nii.gz")
+    base = ["infer", str(path), "-o", str(tmp_path / "o"), "--model", str(tiny_ckpt), "--device", "cpu",
+            "--no-crf", "--crop-mode", "--quiet", "--no-preview"]
+    assert cli_main([*base, "--overlap", "0.25"]) == 0
+    report = json.loads((tmp_path / "o" / "crop_report.json").read_text())
+    assert report["model"]["overlap"] == 0.25
+    with pytest.raises(SystemExit) as exc:
+        cli_main([*base, "--overlap", "1.0"])
+    assert exc.value.code == 2
