@@ -23,6 +23,15 @@ from pathlib import Path
 import numpy as np
 
 
+def _cut_at(curve: dict, rate: float) -> dict | None:
+    """The best-sensitivity FROC point with at most ``rate`` FP/scan: its score cut and figures."""
+    best = None
+    for thr, fps, sens in zip(curve["threshold"], curve["fp_per_scan"], curve["sensitivity"]):
+        if thr is not None and fps <= rate + 1e-12 and (best is None or sens > best["sensitivity"]):
+            best = {"min_peak_probability": round(thr, 4), "fp_per_scan": fps, "sensitivity": round(sens, 4)}
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=4, help="phantoms (default 4)")
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "fp_per_scan": round(n_fp / len(scans), 2),
         "froc_sensitivity_at_fp": {k: round(v, 4) for k, v in summary["sensitivity_at_fp"].items()},
         "cpm": None if summary["cpm"] is None else round(summary["cpm"], 4),
+        # the component-peak cut (PostprocessSettings.min_peak_probability) for <= 1 FP per scan
+        "peak_cut_at_1fp": _cut_at(summary["curve"], 1.0),
         "seconds": round(time.perf_counter() - t_all, 1),
         "per_scan": scans,
     }

@@ -100,3 +100,11 @@ def test_tube_elongation_matches_pca_theory():
 def test_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="image shape"):
         postprocess(np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 5)), (1, 1, 1))
+
+
+def test_min_peak_probability_drops_low_confidence_components_only(scene):
+    s = PostprocessSettings(crf=False, min_peak_probability=0.9)  # the tube peaks at 0.8, the nodule 0.95
+    labels, feats = postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"], s)
+    assert len(feats) == 1 and np.array_equal(labels == 1, scene["nodule"])
+    off = postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"], PostprocessSettings(crf=False))[1]
+    assert len(off) == 2

@@ -30,6 +30,9 @@ class ComponentFilter:
     vessel_filter: bool = False
     max_elongation: float = 3.0
     connectivity: int = 26
+    #: components whose peak probability stays below this are dropped (0 = off): a candidate
+    #: score cut, as detection models use, applied after the voxel threshold shaped the masks
+    min_peak_probability: float = 0.0
 
 
 def equivalent_diameter_mm(volume_mm3: float) -> float:
@@ -135,6 +138,9 @@ def removal_reason(feature: dict[str, Any], filt: ComponentFilter, has_lung: boo
         return "outside_lung"
     if filt.vessel_filter and feature["elongation"] > filt.max_elongation:
         return "vessel_like"
+    peak = feature.get("max_probability")
+    if filt.min_peak_probability > 0 and peak is not None and peak < filt.min_peak_probability:
+        return "low_confidence"
     return None
 
 
