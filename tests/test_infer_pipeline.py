@@ -17,6 +17,7 @@ import torch
 
 from medseg.cli import main as cli_main
 from medseg.errors import InputError
+from medseg.inference.lung_mask import compute_lung_mask
 from medseg.inference.pipeline import InferenceSettings, Segmenter, infer
 from medseg.io import read_volume, write_volume
 from medseg.models import BUNDLED_MODEL, build_network, save_checkpoint
@@ -96,6 +97,8 @@ def test_every_nodule_found_on_the_input_grid(tiny_ckpt, phantoms, tmp_path, ori
     masks = {k: read_volume(res.outputs[k]) for k in ("nodules", "lungs")}
     for vol in masks.values():
         assert vol.same_grid(src), "outputs must lie on the exact input grid"
+    # the written lung mask (rebuilt from its ROI part after inference) is the computed one, whole
+    np.testing.assert_array_equal(masks["lungs"].array > 0, compute_lung_mask(src).mask > 0)
     labels = masks["nodules"].array
     assert labels.dtype == np.uint16 and labels.max() == res.n_nodules
     truth = ph.nodules.array

@@ -40,3 +40,22 @@ def test_single_plane_axis_is_repeated():
     arr = np.ones((3, 3, 1), np.float32) * 5
     out = interp3(arr, [np.arange(3.0), np.arange(3.0), np.array([0.0, 0.5, 2.0])])
     assert out.shape == (3, 3, 3) and np.all(out == 5)
+
+
+def test_resampled_image_windows_equal_the_whole_resampled_image():
+    from medseg.inference.predictor import ResampledImage
+
+    rng = np.random.default_rng(2)
+    arr = rng.integers(-1000, 400, size=(30, 26, 17)).astype(np.int16)[::-1, :, ::-1]  # a flipped view
+    pos = [np.arange(40) * 0.72, np.arange(20) * 1.31, np.arange(25) * 0.68]
+
+    def norm(a):
+        return (a.astype(np.float32) + 200.0) / 300.0
+
+    img = ResampledImage(arr, pos, norm)
+    full = img.full()
+    assert img.shape == full.shape == (40, 20, 25)
+    for _ in range(20):
+        lo = [int(rng.integers(0, n - 4)) for n in full.shape]
+        box = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(lo, full.shape))
+        np.testing.assert_array_equal(img[box], full[box])

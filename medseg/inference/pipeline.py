@@ -114,6 +114,7 @@ class Segmenter:
         timings["lung_mask_s"] = time.perf_counter() - t
 
         labels = np.zeros(volume.shape, np.uint16)
+        lung_roi, lung_box = None, None  # the lung mask's part in the ROI box, once ``mask`` is dropped
         probability_roi = None
         stats: dict[str, Any] = {}
         features: list[dict] = []
@@ -128,13 +129,18 @@ class Segmenter:
                 bar.close()
             timings["network_s"] = time.perf_counter() - t
             stats = roi.stats
+            lung_roi = None if mask is None else np.ascontiguousarray(mask[roi.box])
+            if mask is not None and int(np.count_nonzero(lung_roi)) == int(np.count_nonzero(mask)):
+                # the ROI box holds the whole lung mask (the mask's box plus a margin): keep only that
+                # part until the outputs and rebuild the full mask then, for a lower peak memory
+                mask, lung_box = None, roi.box
             t = time.perf_counter()
             image_roi = np.asarray(volume.array[roi.box])
             lab_roi, features = postprocess(
                 roi.probability,
                 image_roi,
                 volume.spacing,
-                lung_mask=None if mask is None else mask[roi.box],
+                lung_mask=lung_roi,
                 settings=self._postprocess_settings(),
             )
             labels[roi.box] = lab_roi
@@ -156,10 +162,14 @@ class Segmenter:
             del full
         probability_roi = None  # measured and written: free it before the other outputs (peak memory)
         outputs["nodules"] = str(write_mask(labels, volume, out / f"{name}_nodules.nii.gz", np.uint16))
-        lungs = mask if mask is not None else np.zeros(volume.shape, np.uint8)
-        outputs["lungs"] = str(write_mask(lungs.view(np.uint8) if lungs.dtype == bool else lungs, volume,
-                                          out / f"{name}_lungs.nii.gz", np.uint8))
-        del lungs, mask
+        if mask is not None:
+            lungs = mask.view(np.uint8) if mask.dtype == bool else mask
+        else:
+            lungs = np.zeros(volume.shape, np.uint8)
+            if lung_box is not None:
+                lungs[lung_box] = lung_roi
+        outputs["lungs"] = str(write_mask(lungs, volume, out / f"{name}_lungs.nii.gz", np.uint8))
+        del lungs, mask, lung_roi
         if self.settings.preview:
             from medseg.report.preview import write_preview
 

@@ -103,6 +103,44 @@ def interp3(
     return out
 
 
+class ResampledImage:
+    """``interp3(array, positions, transform)`` computed box by box, never held whole.
+
+    ``image[box]`` (slices of the output grid) equals ``full()[box]`` exactly: same clamping,
+    same axis order. Sliding-window inference reads each window this way, so the resampled
+    float32 copy of the lung box (the largest array of the network stage) is never allocated.
+    """
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        positions: list[np.ndarray],
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.array = array
+        self.pos = [np.clip(np.asarray(p, dtype=np.float64), 0, max(n - 1, 0)) for p, n in zip(positions, array.shape)]
+        self.shape = tuple(len(p) for p in self.pos)
+        self.transform = transform
+        self.order = _axis_order(array.shape, self.pos)
+
+    def __getitem__(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        src, pos = [], []
+        for a, s in enumerate(box):
+            p = self.pos[a][s]
+            n = self.array.shape[a]
+            lo = max(0, min(int(np.floor(p.min())), n - 2))  # two planes when there are two: same clamping
+            hi = min(n, int(np.floor(p.max())) + 2)
+            src.append(slice(lo, hi))
+            pos.append(p - lo)
+        sub = self.array[tuple(src)]
+        if self.transform is not None:
+            sub = self.transform(sub)
+        return _interp3_whole(sub, pos, self.order)
+
+    def full(self) -> np.ndarray:
+        return interp3(self.array, self.pos, self.transform)
+
+
 def model_grid_size(n: int, spacing: float, target: float) -> int:
     """Voxels of the plan-spacing grid anchored at voxel 0 that fit inside ``n`` input voxels."""
     return int(np.floor((n - 1) * spacing / target + 1e-6)) + 1
@@ -253,8 +291,7 @@ class Predictor:
         src_box = self._input_box(geo, geo["src"])
         crop = nib.orientations.apply_orientation(np.asarray(volume.array[src_box]), geo["fwd"])
         positions = [np.arange(k0, k1) * sc - s0 for (k0, k1), sc, (s0, _) in zip(geo["k"], geo["scale"], geo["src"])]
-        img = interp3(crop, positions, transform=lambda a: normalise_ct(a, self.plan.intensity))
-        del crop
+        img = ResampledImage(crop, positions, transform=lambda a: normalise_ct(a, self.plan.intensity))
         mask = None
         if lung_mask is not None:
             m = nib.orientations.apply_orientation(np.asarray(lung_mask[src_box]), geo["fwd"]) > 0

@@ -16,6 +16,7 @@ Inside ``mask`` the result equals MONAI's to float rounding (tested).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def monai_pad(image_size: Sequence[int], roi_size: Sequence[int]) -> list[tuple[
 
 
 def sliding_window_probability(
-    image: np.ndarray,
+    image: np.ndarray | Any,
     network: Callable[[torch.Tensor], torch.Tensor],
     roi_size: Sequence[int],
     overlap: float = 0.5,
@@ -63,7 +64,9 @@ def sliding_window_probability(
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Nodule probability (float32, shape of ``image``) from a 2-channel segmentation network.
 
-    ``image``: normalised intensities ``[X, Y, Z]``. ``network`` maps ``[B, 1, *roi]`` to logits
+    ``image``: normalised intensities ``[X, Y, Z]``, or an object with ``shape``, ``full()`` and
+    ``__getitem__(window slices)`` that computes windows on demand (so the image is never held
+    whole; see :class:`medseg.inference.predictor.ResampledImage`). ``network`` maps ``[B, 1, *roi]`` to logits
     ``[B, 2, *roi]``. Windows not touching ``mask`` are skipped and voxels no window covers get
     probability 0. ``tta`` averages the logit difference over the 8 axis flips. ``progress`` is
     called with the number of windows just finished. Returns the probability and window counts.
@@ -72,6 +75,8 @@ def sliding_window_probability(
     roi = tuple(int(r) for r in roi_size)
     orig_shape = tuple(image.shape)
     pad = monai_pad(orig_shape, roi)
+    if not isinstance(image, np.ndarray) and any(p != (0, 0) for p in pad):
+        image = image.full()  # smaller than one window: cheap to hold
     if any(p != (0, 0) for p in pad):
         image = np.pad(image, pad, mode="constant", constant_values=cval)
         if mask is not None:
@@ -107,7 +112,15 @@ def sliding_window_probability(
         den[:, :, rz - n :] = 0
         slab_z0 = upto
 
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    if isinstance(image, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+
+        def window_input(w: tuple[slice, slice, slice]) -> torch.Tensor:
+            return tensor[w]
+    else:
+
+        def window_input(w: tuple[slice, slice, slice]) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(image[w], dtype=np.float32))
     autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if amp and device.type == "cuda" else None
     flips: list[tuple[int, ...]] = [()]
     if tta:
@@ -117,7 +130,7 @@ def sliding_window_probability(
         for b0 in range(0, len(windows), sw_batch_size):
             batch = windows[b0 : b0 + sw_batch_size]
             # a batch may straddle two slab positions: run it, then accumulate window by window
-            x = torch.stack([tensor[w] for w in batch])[:, None].to(device)
+            x = torch.stack([window_input(w) for w in batch])[:, None].to(device)
             diff = None
             for axes in flips:
                 xi = torch.flip(x, axes) if axes else x

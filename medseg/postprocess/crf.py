@@ -234,9 +234,10 @@ def refine(
         t = float(np.clip(threshold, 1e-5, 1 - 1e-5))
         p = np.clip(probability.astype(np.float32), 1e-6, 1 - 1e-6)
         probability = 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) - np.log(t / (1 - t)))))
-    out = mask.copy()
+    boxes = candidate_boxes(mask, spacing, s.pad_mm, s.min_voxels)  # its label map is freed before...
+    out = mask.copy()  # ... these two are allocated: a lower peak
     touched = np.zeros(mask.shape, dtype=bool)
-    for box in candidate_boxes(mask, spacing, s.pad_mm, s.min_voxels):
+    for box in boxes:
         solve = crf_box_torch if resolve_backend(s.backend) == "torch" else crf_box
         q = solve(probability[box], image[box], spacing, s) >= 0.5
         m = mask[box]
