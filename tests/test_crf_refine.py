@@ -144,3 +144,17 @@ def test_auto_backend_falls_back_to_torch_without_pydensecrf(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pydensecrf)
     assert resolve_backend("auto") == "torch"
     assert resolve_backend("pydensecrf") == "pydensecrf"
+
+
+def test_candidates_with_a_box_over_max_box_mm_are_left_as_thresholded():
+    """A long vessel-like candidate (over max_box_mm) is not refined; the nodule beside it still is."""
+    image, prob, truth = scene(SPACING, shape_mm=(84.0, 42.0, 40.0), prob_radius=7.5)
+    g = np.indices(prob.shape).astype(float) * np.asarray(SPACING)[:, None, None, None]
+    tube = ((g[1] - 36.0) ** 2 + (g[2] - 20.0) ** 2 <= 4.0) & (g[0] >= 2.0) & (g[0] <= 80.0)
+    image[tube], prob[tube] = 30.0, 0.55  # dilated: a CRF would trim it
+    before = prob >= 0.5
+    assert len(candidate_boxes(before, SPACING, 6.0)) == 2
+    assert len(candidate_boxes(before, SPACING, 6.0, max_box_mm=60.0)) == 1
+    after = refine(prob, image, SPACING, settings=CRFSettings(max_box_mm=60.0))
+    np.testing.assert_array_equal(after[tube], before[tube])
+    assert dice(after & ~tube, truth) > dice(before & ~tube, truth) + 0.05  # the nodule still moved to its edge

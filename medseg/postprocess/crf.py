@@ -43,6 +43,9 @@ class CRFSettings:
     min_kept_fraction: float = 0.5    # guard: a box whose CRF mask keeps less of the thresholded
     max_growth: float = 2.0           # candidate, or grows beyond this factor, keeps the threshold
     min_voxels: int = 4               # candidates smaller than this are left as they are
+    max_box_mm: float = 60.0          # candidates whose box is longer than this along any axis
+                                      # (vessel trees, masses; a 30 mm nodule's box is 42 mm) are
+                                      # left as they are: it bounds the CRF's time and memory
 
 
 def _require_pydensecrf():
@@ -196,9 +199,12 @@ def _mean_field(probability, image, spacing, s: CRFSettings, dev) -> np.ndarray:
 
 
 def candidate_boxes(
-    mask: np.ndarray, spacing: tuple[float, float, float], pad_mm: float, min_voxels: int = 1
+    mask: np.ndarray, spacing: tuple[float, float, float], pad_mm: float, min_voxels: int = 1,
+    max_box_mm: float | None = None,
 ) -> list[tuple[slice, ...]]:
-    """Bounding boxes (padded by ``pad_mm`` per side) of the 26-connected components of ``mask``."""
+    """Bounding boxes (padded by ``pad_mm`` per side) of the 26-connected components of ``mask``;
+    components with fewer than ``min_voxels`` voxels or a padded box longer than ``max_box_mm``
+    along any axis are skipped."""
     labels = cc3d.connected_components(mask, connectivity=26)
     stats = cc3d.statistics(labels)
     pad = [int(np.ceil(pad_mm / float(s))) for s in spacing]
@@ -207,9 +213,10 @@ def candidate_boxes(
         if stats["voxel_counts"][lab] < min_voxels:
             continue
         bb = stats["bounding_boxes"][lab]
-        boxes.append(
-            tuple(slice(max(b.start - q, 0), min(b.stop + q, n)) for b, q, n in zip(bb, pad, mask.shape))
-        )
+        box = tuple(slice(max(b.start - q, 0), min(b.stop + q, n)) for b, q, n in zip(bb, pad, mask.shape))
+        if max_box_mm is not None and any((b.stop - b.start) * float(s) > max_box_mm for b, s in zip(box, spacing)):
+            continue
+        boxes.append(box)
     return boxes
 
 
@@ -234,7 +241,7 @@ def refine(
         t = float(np.clip(threshold, 1e-5, 1 - 1e-5))
         p = np.clip(probability.astype(np.float32), 1e-6, 1 - 1e-6)
         probability = 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) - np.log(t / (1 - t)))))
-    boxes = candidate_boxes(mask, spacing, s.pad_mm, s.min_voxels)  # its label map is freed before...
+    boxes = candidate_boxes(mask, spacing, s.pad_mm, s.min_voxels, s.max_box_mm)  # its label map is freed before...
     out = mask.copy()  # ... these two are allocated: a lower peak
     touched = np.zeros(mask.shape, dtype=bool)
     for box in boxes:
