@@ -74,41 +74,14 @@ def _interp3_whole(array: np.ndarray, positions: list[np.ndarray], order: list[i
     return np.asarray(out, dtype=np.float32)
 
 
-def interp3(
-    array: np.ndarray,
-    positions: list[np.ndarray],
-    transform: Callable[[np.ndarray], np.ndarray] | None = None,
-    chunk: int = 8,
-) -> np.ndarray:
-    """Separable trilinear resampling at per-axis positions (float32 result).
-
-    Works in chunks of ``chunk`` output planes along the last axis, so the temporaries are a few
-    planes, not volume-sized copies: peak memory is the input plus the output. ``transform``
-    (elementwise, e.g. intensity normalisation) is applied to each input chunk, which spares a
-    float32 copy of the whole input. The result equals a whole-array pass.
-    """
-    pos = [np.clip(np.asarray(p, dtype=np.float64), 0, max(n - 1, 0)) for p, n in zip(positions, array.shape)]
-    n_last = array.shape[2]
-    order = _axis_order(array.shape, pos)  # the whole pass's order, so chunks round identically
-    out = np.empty(tuple(len(p) for p in pos), dtype=np.float32)
-    for c0 in range(0, out.shape[2], max(1, int(chunk))):
-        c1 = min(out.shape[2], c0 + max(1, int(chunk)))
-        p2 = pos[2][c0:c1]
-        # at least two input planes (when there are two), so clamping at the end matches a whole pass
-        lo = max(0, min(int(np.floor(p2.min())), n_last - 2))
-        hi = min(n_last, int(np.floor(p2.max())) + 2)
-        sub = array[:, :, lo:hi]
-        sub = transform(sub) if transform is not None else sub
-        out[:, :, c0:c1] = _interp3_whole(sub, [pos[0], pos[1], p2 - lo], order)
-    return out
-
-
 class ResampledImage:
-    """``interp3(array, positions, transform)`` computed box by box, never held whole.
+    """Separable trilinear resampling of ``array`` at per-axis ``positions``, computed box by box.
 
-    ``image[box]`` (slices of the output grid) equals ``full()[box]`` exactly: same clamping,
-    same axis order. Sliding-window inference reads each window this way, so the resampled
-    float32 copy of the lung box (the largest array of the network stage) is never allocated.
+    ``image[box]`` (slices of the output grid) reads only the input planes the box needs and
+    equals ``full()[box]`` exactly: same clamping, same axis order. ``transform`` (elementwise,
+    e.g. intensity normalisation) is applied to each input piece, never to a whole float32 copy.
+    Sliding-window inference reads each window this way, so the resampled lung box (the largest
+    array of the network stage) is never allocated.
     """
 
     def __init__(
@@ -121,7 +94,7 @@ class ResampledImage:
         self.pos = [np.clip(np.asarray(p, dtype=np.float64), 0, max(n - 1, 0)) for p, n in zip(positions, array.shape)]
         self.shape = tuple(len(p) for p in self.pos)
         self.transform = transform
-        self.order = _axis_order(array.shape, self.pos)
+        self.order = _axis_order(array.shape, self.pos)  # the whole pass's order: pieces round identically
 
     def __getitem__(self, box: tuple[slice, slice, slice]) -> np.ndarray:
         src, pos = [], []
@@ -137,8 +110,26 @@ class ResampledImage:
             sub = self.transform(sub)
         return _interp3_whole(sub, pos, self.order)
 
-    def full(self) -> np.ndarray:
-        return interp3(self.array, self.pos, self.transform)
+    def full(self, chunk: int = 8) -> np.ndarray:
+        """The whole result, built ``chunk`` planes at a time along the last axis: peak memory is
+        the input plus the output, with no volume-sized temporaries."""
+        out = np.empty(self.shape, dtype=np.float32)
+        step = max(1, int(chunk))
+        for c0 in range(0, self.shape[2], step):
+            c1 = min(self.shape[2], c0 + step)
+            out[:, :, c0:c1] = self[(slice(None), slice(None), slice(c0, c1))]
+        return out
+
+
+def interp3(
+    array: np.ndarray,
+    positions: list[np.ndarray],
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    chunk: int = 8,
+) -> np.ndarray:
+    """Separable trilinear resampling at per-axis positions (float32; positions clamped to the
+    array), in chunks: see :class:`ResampledImage`. Equals a whole-array pass."""
+    return ResampledImage(array, positions, transform).full(chunk)
 
 
 def model_grid_size(n: int, spacing: float, target: float) -> int:
