@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="only the first N crops (smoke runs)")
+    parser.add_argument("--tta", action="store_true", help="average the 8 axis flips (medseg infer --tta)")
+    parser.add_argument("--held-out-only", action="store_true",
+                        help="only the crops of the checkpoint's validation patients")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
 
@@ -102,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             table = {r["file"]: r for r in csv.DictReader(fh)}
     payload = load_checkpoint_dict(args.model or BUNDLED_MODEL)
     held_out = set(payload.get("split", {}).get("val_patients", []))
-    segmenter = Segmenter(model=args.model, device=args.device, lung_mask=False, quiet=True)
+    if args.held_out_only:
+        if not held_out:
+            print(f"{args.model or BUNDLED_MODEL} records no validation patients", file=sys.stderr)
+            return 2
+        images = [p for p in images if p.name[:14] in held_out]
+    segmenter = Segmenter(model=args.model, device=args.device, lung_mask=False, quiet=True, tta=args.tta)
     threshold = segmenter.plan.inference.threshold if hasattr(segmenter, "plan") else 0.5
 
     rows = []
@@ -126,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "model": str(args.model or BUNDLED_MODEL),
+        "tta": args.tta,
         **summarise(rows, "model"),
         "baseline": summarise(rows, "baseline"),
         "seconds_per_crop": round(seconds / len(rows), 4),

@@ -7,8 +7,12 @@ used seeds 100-103 and 200-203, the committed sample seed 0, so the defaults are
 runs the whole ``medseg infer`` path on each (lung mask, ROI sliding window, CRF, components)
 and matches the nodule masks with the phantom's truth: a predicted component detects every true
 nodule it overlaps. Prints per scan and in total: sensitivity for nodules >= ``--min-mm`` (5 mm
-by default), false-positive components per scan, and the FROC (sensitivity at 0.125-8 FP per
-scan, from each component's peak probability). One JSON line with ``--json``.
+by default) and false-positive components per scan, at the model's confidence cut
+(``min_confidence`` in its plan, or ``--min-confidence``: what ``medseg infer`` reports) and for
+all candidates; and the FROC (sensitivity at 0.125-8 FP per scan) scored by each component's
+confidence (mean probability) and by its peak probability, with the best cut for <= 1 FP/scan.
+The pipeline runs with the cut off and the cut is applied to the candidates afterwards: it is a
+per-component filter, so this equals running with it. One JSON line with ``--json``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,17 @@ def _cut_at(curve: dict, rate: float) -> dict | None:
     best = None
     for thr, fps, sens in zip(curve["threshold"], curve["fp_per_scan"], curve["sensitivity"]):
         if thr is not None and fps <= rate + 1e-12 and (best is None or sens > best["sensitivity"]):
-            best = {"min_peak_probability": round(thr, 4), "fp_per_scan": fps, "sensitivity": round(sens, 4)}
+            best = {"score_cut": round(thr, 4), "fp_per_scan": fps, "sensitivity": round(sens, 4)}
     return best
+
+
+def _at_cut(cands: list[dict], n_big: int, n_scans: int, cut: float) -> dict:
+    """Sensitivity and FP/scan when components with confidence below ``cut`` are dropped."""
+    kept = [c for c in cands if c["confidence"] >= cut]
+    found = {g for c in kept for g in c["hits_big"]}
+    fp = sum(not c["hits"] for c in kept)
+    return {"min_confidence": cut, "sensitivity": round(len(found) / n_big, 4) if n_big else None,
+            "fp_per_scan": round(fp / n_scans, 2), "found": len(found), "false_positives": fp}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--min-mm", type=float, default=5.0, help="smallest nodule that counts (default 5 mm)")
     ap.add_argument("--no-crf", action="store_true", help="postprocess without the CRF")
+    ap.add_argument("--min-confidence", type=float, default=None,
+                    help="confidence cut to report (default: the model's plan)")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     args = ap.parse_args(argv)
     if args.count < 1:
@@ -54,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.io import read_volume, write_volume
 
     seg = Segmenter(InferenceSettings(model=args.model, device=args.device, quiet=True, preview=False,
-                                      save_probabilities=True, crf=False if args.no_crf else None))
-    scans, scores, hits = [], [], []
-    n_big = found_big = n_fp = 0
+                                      save_probabilities=True, crf=False if args.no_crf else None,
+                                      min_confidence=0.0))
+    cut = float(seg.plan.inference.min_confidence if args.min_confidence is None else args.min_confidence)
+    scans, cands = [], []
+    n_big = 0
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="medseg-detect-") as work:
         for n in range(args.count):
@@ -72,27 +89,33 @@ def main(argv: list[str] | None = None) -> int:
             res = seg.run(ct, Path(work) / "out", case_name=f"ph{seed}")
             seconds = time.perf_counter() - t
             pred = read_volume(res.outputs["nodules"]).array
-            prob = read_volume(res.outputs["probabilities"]).array  # FROC score: a component's peak
-            m = match_lesions(pred, truth, spacing, probability=prob)
-            big = [les for les in m["lesions"] if sizes.get(les["id"], 0.0) >= args.min_mm]
-            missed = [kinds[les["id"]] for les in big if not les["detected"]]
-            fp = int(m["fp"])
+            prob = read_volume(res.outputs["probabilities"]).array  # candidate scores: mean and peak
+            m = match_lesions(pred, truth, spacing, probability=prob, score="mean")
+            peaks = match_lesions(pred, truth, spacing, probability=prob)["candidates"]
+            big = [les["id"] for les in m["lesions"] if sizes.get(les["id"], 0.0) >= args.min_mm]
             n_big += len(big)
-            found_big += sum(les["detected"] for les in big)
-            n_fp += fp
-            for c in m["candidates"]:
-                hit = [(seed, g) for g in c["hits"] if sizes.get(g, 0.0) >= args.min_mm]
-                if c["hits"] and not hit:
-                    continue  # a hit on a nodule under --min-mm: neither a detection nor a false positive
-                scores.append(c["score"])
-                hits.append(hit)
-            scans.append({"seed": seed, "nodules_ge_min": len(big), "found": sum(le["detected"] for le in big),
-                          "false_positives": fp, "missed": missed, "seconds": round(seconds, 1)})
+            mine = []
+            for c, p in zip(m["candidates"], peaks):
+                mine.append({"confidence": c["score"], "peak": p["score"], "hits": c["hits"],
+                             "hits_big": [(seed, g) for g in c["hits"] if g in big]})
+            cands += mine
+            at = _at_cut(mine, len(big), 1, cut)
+            found_ids = {g for c in mine if c["confidence"] >= cut for _, g in c["hits_big"]}
+            missed = [kinds[g] for g in big if g not in found_ids]
+            scans.append({"seed": seed, "nodules_ge_min": len(big), "found": at["found"],
+                          "false_positives": at["false_positives"],
+                          "candidates_fp": sum(not c["hits"] for c in mine), "missed": missed,
+                          "seconds": round(seconds, 1)})
+            fp = at["false_positives"]
             if not args.json:
                 print(f"seed {seed}: {scans[-1]['found']}/{len(big)} nodules >= {args.min_mm:g} mm found, "
                       f"{fp} false positives, {seconds:.0f} s" + (f"; missed: {'; '.join(missed)}" if missed else ""),
                       flush=True)
-    summary = froc(scores, hits, n_big, len(scans))
+    # a hit on a nodule under --min-mm only is neither a detection nor a false positive
+    scored = [c for c in cands if c["hits_big"] or not c["hits"]]
+    curves = {key: froc([c[key] for c in scored], [c["hits_big"] for c in scored], n_big, len(scans))
+              for key in ("confidence", "peak")}
+    at_cut = _at_cut(cands, n_big, len(scans), cut)
     result = {
         "scans": len(scans),
         "shape": list(args.shape),
@@ -101,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         "crf": not args.no_crf,
         "min_mm": args.min_mm,
         "nodules": n_big,
-        "sensitivity": round(found_big / n_big, 4) if n_big else None,
-        "fp_per_scan": round(n_fp / len(scans), 2),
-        "froc_sensitivity_at_fp": {k: round(v, 4) for k, v in summary["sensitivity_at_fp"].items()},
-        "cpm": None if summary["cpm"] is None else round(summary["cpm"], 4),
-        # the component-peak cut (PostprocessSettings.min_peak_probability) for <= 1 FP per scan
-        "peak_cut_at_1fp": _cut_at(summary["curve"], 1.0),
+        "min_confidence": cut,
+        "sensitivity": at_cut["sensitivity"],
+        "fp_per_scan": at_cut["fp_per_scan"],
+        "all_candidates": _at_cut(cands, n_big, len(scans), 0.0),
+        "froc_sensitivity_at_fp": {k: round(v, 4) for k, v in curves["confidence"]["sensitivity_at_fp"].items()},
+        "cpm": None if curves["confidence"]["cpm"] is None else round(curves["confidence"]["cpm"], 4),
+        "cpm_by_peak": None if curves["peak"]["cpm"] is None else round(curves["peak"]["cpm"], 4),
+        # the best confidence cut (PostprocessSettings.min_confidence) for <= 1 FP per scan, and
+        # the same by peak probability for comparison
+        "confidence_cut_at_1fp": _cut_at(curves["confidence"]["curve"], 1.0),
+        "peak_cut_at_1fp": _cut_at(curves["peak"]["curve"], 1.0),
         "seconds": round(time.perf_counter() - t_all, 1),
         "per_scan": scans,
     }

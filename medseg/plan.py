@@ -48,6 +48,9 @@ class InferencePlan:
     blend_mode: str = "gaussian"
     sw_batch_size: int = 2
     threshold: float = 0.5
+    #: whole-scan mode drops components whose mean probability is below this (0 = off); tied to
+    #: the weights' calibration, so it is chosen per model on tuning scans and kept in its plan
+    min_confidence: float = 0.0
 
 
 @dataclass

@@ -57,6 +57,19 @@ def test_match_lesions_counts():
     assert l1["dice"] == pytest.approx(2 * 54 / (63 + 54))  # both 27-voxel pieces lie inside L1
 
 
+def test_candidate_score_peak_or_mean_probability():
+    gt, prob = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.float32)
+    cube(prob, 5, 5, 2, 0.6)
+    prob[6, 6, 3] = 0.99  # one confident voxel in a lukewarm component: peak 0.99, mean ~0.614
+    mean = (26 * 0.6 + 0.99) / 27
+    by_peak = match_lesions(prob > 0, gt, SPACING, probability=prob)
+    by_mean = match_lesions(prob > 0, gt, SPACING, probability=prob, score="mean")
+    assert [c["score"] for c in by_peak["candidates"]] == pytest.approx([0.99])
+    assert [c["score"] for c in by_mean["candidates"]] == pytest.approx([mean])
+    with pytest.raises(ValueError, match="score"):
+        match_lesions(prob > 0, gt, SPACING, probability=prob, score="max")
+
+
 def test_froc_hand_counted():
     # scores and hits as listed in hand_counted_cases; lesions keyed (scan, id)
     scores = [0.95, 0.7, 0.9, 0.3, 0.8, 0.4, 0.6, 0.5, 0.2]

@@ -252,7 +252,7 @@ def test_cli_infer_crop_mode(tiny_ckpt, phantoms, tmp_path, capsys) -> None:
     assert cli_main(["infer", str(path), "-o", str(out), "--model", str(tmp_path / "nope.pt")]) == 2
 
 
-def test_cli_overlap_option_is_used_and_checked(tiny_ckpt, phantoms, tmp_path) -> None:
+def test_cli_overlap_and_min_confidence_options_are_used_and_checked(tiny_ckpt, phantoms, tmp_path) -> None:
     import json
 
     ph = phantoms["LPS"][1]
@@ -267,3 +267,24 @@ def test_cli_overlap_option_is_used_and_checked(tiny_ckpt, phantoms, tmp_path) -
     with pytest.raises(SystemExit) as exc:
         cli_main([*base, "--overlap", "1.0"])
     assert exc.value.code == 2
+    assert cli_main([*base, "--min-confidence", "0.7"]) == 0
+    report = json.loads((tmp_path / "o" / "crop_report.json").read_text())
+    assert report["settings"]["min_confidence"] == 0.7
+    with pytest.raises(SystemExit) as exc:
+        cli_main([*base, "--min-confidence", "1.5"])
+    assert exc.value.code == 2
+
+
+def test_min_confidence_from_the_plan_cuts_whole_scan_candidates_only(tiny_ckpt, phantoms, tmp_path) -> None:
+    path, ph = phantoms["LPS"]
+    seg = oracle_segmenter(tiny_ckpt, preview=False)
+    seg.plan.inference.min_confidence = 0.999  # above every oracle component's mean probability
+    assert seg._postprocess_settings().min_confidence == 0.999
+    res = seg.run(path, tmp_path / "cut")
+    assert res.n_nodules == 0 and json.loads(Path(res.outputs["report"]).read_text())["model"]["min_confidence"] == 0.999
+    keep = oracle_segmenter(tiny_ckpt, preview=False, min_confidence=0.0)  # the user's override wins
+    keep.plan.inference.min_confidence = 0.999
+    assert keep.run(path, tmp_path / "all").n_nodules >= len(ph.info["nodules"])
+    crop = oracle_segmenter(tiny_ckpt, lung_mask=False)
+    crop.plan.inference.min_confidence = 0.999
+    assert crop._postprocess_settings().min_confidence == 0.0  # a crop is known to hold its nodule

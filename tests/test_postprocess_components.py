@@ -102,9 +102,13 @@ def test_rejects_mismatched_shapes():
         postprocess(np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 5)), (1, 1, 1))
 
 
-def test_min_peak_probability_drops_low_confidence_components_only(scene):
-    s = PostprocessSettings(crf=False, min_peak_probability=0.9)  # the tube peaks at 0.8, the nodule 0.95
-    labels, feats = postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"], s)
+def test_min_confidence_cuts_on_mean_not_peak_probability(scene):
+    prob = scene["prob"].copy()
+    core = tuple(np.argwhere(scene["tube"])[len(np.argwhere(scene["tube"])) // 2])
+    prob[core] = 0.99  # the vessel's core outpeaks the nodule (0.95); its mean stays ~0.8
+    s = PostprocessSettings(crf=False, min_confidence=0.9)
+    labels, feats = postprocess(prob, scene["image"], SPACING, scene["lungs"], s)
     assert len(feats) == 1 and np.array_equal(labels == 1, scene["nodule"])
-    off = postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"], PostprocessSettings(crf=False))[1]
-    assert len(off) == 2
+    assert feats[0]["mean_probability"] == pytest.approx(0.95)
+    off = postprocess(prob, scene["image"], SPACING, scene["lungs"], PostprocessSettings(crf=False))[1]
+    assert len(off) == 2 and max(f["max_probability"] for f in off) == pytest.approx(0.99)

@@ -29,7 +29,8 @@ from medseg.errors import InputError
 
 STEPS = ["discover", "segment", "summarise"]
 #: InferenceSettings fields a pipeline may set (mirrors medseg.inference.pipeline.InferenceSettings).
-INFERENCE_KEYS = ("model", "device", "tta", "save_probabilities", "lung_mask", "crf", "dicom_seg", "preview")
+INFERENCE_KEYS = ("model", "device", "tta", "overlap", "min_confidence", "save_probabilities", "lung_mask", "crf",
+                  "dicom_seg", "preview")
 EXECUTION_KEYS = ("workers", "scheduler", "cluster")
 TOP_KEYS = ("pipeline", "version", "description", "steps", "input", "output", "inference", "execution")
 CLUSTER_TYPES = ("local", "slurm", "pbs", "sge", "lsf", "htcondor", "moab", "oar")
@@ -43,7 +44,8 @@ def default_pipeline() -> dict[str, Any]:
         "steps": list(STEPS),
         "input": None,
         "output": None,
-        "inference": {"model": None, "device": "auto", "tta": False, "save_probabilities": False,
+        "inference": {"model": None, "device": "auto", "tta": False, "overlap": None, "min_confidence": None,
+                      "save_probabilities": False,
                       "lung_mask": True, "crf": None, "dicom_seg": True, "preview": True},
         "execution": {"workers": None, "scheduler": None, "cluster": None},
     }

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=_overlap, default=None,
                    help="sliding-window overlap in [0, 1) (default: the model's, 0.5); lower is faster but "
                         "changes the masks")
+    p.add_argument("--min-confidence", type=_unit, default=None,
+                   help="drop nodules whose mean probability is below this, in [0, 1] (default: the model's; "
+                        "0 keeps every candidate, e.g. for a reader who wants high sensitivity)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
     crf = p.add_mutually_exclusive_group()
     crf.add_argument("--crf", dest="crf", action="store_true", default=None, help="refine with a 3D dense CRF")
@@ -41,6 +44,13 @@ def _overlap(text: str) -> float:
     return value
 
 
+def _unit(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"min-confidence must be in [0, 1], got {text}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from medseg.inference.pipeline import infer
 
@@ -51,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         tta=args.tta,
         overlap=args.overlap,
+        min_confidence=args.min_confidence,
         save_probabilities=args.save_probabilities,
         crf=args.crf,
         lung_mask=not args.crop_mode,

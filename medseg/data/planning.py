@@ -240,7 +240,7 @@ def make_plan(
     intensity = IntensityPlan(clip=clip, mean=float(fg["mean"]), std=max(float(fg["std"]), 1e-3))
 
     inf_cfg = task.get("inference", {})
-    inference = InferencePlan(**{k: inf_cfg[k] for k in ("overlap", "blend_mode", "sw_batch_size", "threshold") if k in inf_cfg})
+    inference = InferencePlan(**{k: inf_cfg[k] for k in ("overlap", "blend_mode", "sw_batch_size", "threshold", "min_confidence") if k in inf_cfg})
     summary = {k: v for k, v in fingerprint.items() if k != "per_case"}
     summary["median_resampled_shape"] = [float(s) for s in median_resampled]
     return Plan(

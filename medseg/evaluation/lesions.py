@@ -30,13 +30,19 @@ def match_lesions(
     spacing: tuple[float, float, float],
     probability: np.ndarray | None = None,
     connectivity: int = 26,
+    score: str = "peak",
 ) -> dict[str, Any]:
     """Match predicted components to ground-truth lesions of one scan.
 
     Returns n_gt, n_pred, tp (detected lesions), fn, fp (unmatched predictions), sensitivity
     (None without lesions), ``lesions`` (per GT lesion: id, volume_mm3, detected, dice with the
-    components that hit it) and ``candidates`` (per prediction: score, hits = GT ids).
+    components that hit it) and ``candidates`` (per prediction: score, hits = GT ids). A
+    candidate's score is its ``peak`` probability or its ``mean`` probability (the pipeline's
+    confidence, :attr:`medseg.postprocess.PostprocessSettings.min_confidence`); 1.0 without
+    probabilities.
     """
+    if score not in ("peak", "mean"):
+        raise ValueError(f"score must be 'peak' or 'mean', not {score!r}")
     pl, gl = instances(pred, connectivity), instances(gt, connectivity)
     voxel_mm3 = float(np.prod(spacing))
     both = (pl > 0) & (gl > 0)
@@ -56,8 +62,9 @@ def match_lesions(
     if probability is not None:
         from scipy import ndimage
 
-        peak = ndimage.maximum(np.asarray(probability), pl, index=pred_ids) if pred_ids else []
-        maxima = {p: float(v) for p, v in zip(pred_ids, np.atleast_1d(peak))}
+        reduce = ndimage.maximum if score == "peak" else ndimage.mean
+        values = reduce(np.asarray(probability), pl, index=pred_ids) if pred_ids else []
+        scores = {p: float(v) for p, v in zip(pred_ids, np.atleast_1d(values))}
     lesions = []
     for g in gt_ids:
         pred_vox = sum(int(pred_sizes[p]) for p in hit_by[g])
@@ -69,7 +76,7 @@ def match_lesions(
             "dice": 2.0 * inter[g] / (int(gt_sizes[g]) + pred_vox),
         })
     candidates = [
-        {"id": p, "score": maxima[p] if probability is not None else 1.0, "hits": hits[p]}
+        {"id": p, "score": scores[p] if probability is not None else 1.0, "hits": hits[p]}
         for p in pred_ids
     ]
     tp = sum(lz["detected"] for lz in lesions)

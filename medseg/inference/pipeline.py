@@ -31,6 +31,7 @@ class InferenceSettings:
     device: str = "auto"  # auto|cpu|cuda
     tta: bool = False
     overlap: float | None = None  # sliding-window overlap; None = the model plan's (0.5)
+    min_confidence: float | None = None  # component mean-probability cut; None = the model plan's
     save_probabilities: bool = False
     lung_mask: bool = True  # False = "crop mode": no lung masking/ROI (for nodule crops)
     crf: bool | None = None  # None = PostprocessSettings default
@@ -90,6 +91,10 @@ class Segmenter:
             s.crf = bool(self.settings.crf)
         if not self.settings.lung_mask:
             s.restrict_to_lung = False
+        # A detection cut: only on whole scans. A crop is known to hold its nodule.
+        if self.settings.lung_mask:
+            cut = self.settings.min_confidence
+            s.min_confidence = float(self.plan.inference.min_confidence if cut is None else cut)
         return s
 
     # ----------------------------------------------------------------- one case
@@ -205,6 +210,7 @@ class Segmenter:
                 "plan_spacing": list(self.plan.spacing),
                 "window": list(self.predictor.window),
                 "overlap": self.predictor.overlap,
+                "min_confidence": self._postprocess_settings().min_confidence,
                 "device": str(self.predictor.device),
                 "windows": {k: stats.get(k) for k in ("windows_total", "windows_run")},
             },

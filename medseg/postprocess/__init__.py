@@ -29,7 +29,7 @@ class PostprocessSettings:
     vessel_filter: bool = False    # optional elongated-component FP filter
     connectivity: int = 26
     max_elongation: float = 3.0    # vessel filter: sqrt(l1/l2) of the world-mm PCA above this
-    min_peak_probability: float = 0.0  # drop components whose peak probability is below (0 = off)
+    min_confidence: float = 0.0    # drop components whose mean probability is below (0 = off)
     crf_settings: CRFSettings | None = None
 
 
@@ -66,7 +66,7 @@ def postprocess(
         vessel_filter=s.vessel_filter,
         max_elongation=s.max_elongation,
         connectivity=s.connectivity,
-        min_peak_probability=s.min_peak_probability,
+        min_confidence=s.min_confidence,
     )
     labels, kept, _ = filter_components(mask, spacing, probability, image, lung_mask, filt)
     return labels, kept

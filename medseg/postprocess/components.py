@@ -30,9 +30,11 @@ class ComponentFilter:
     vessel_filter: bool = False
     max_elongation: float = 3.0
     connectivity: int = 26
-    #: components whose peak probability stays below this are dropped (0 = off): a candidate
-    #: score cut, as detection models use, applied after the voxel threshold shaped the masks
-    min_peak_probability: float = 0.0
+    #: components whose mean probability (their confidence) is below this are dropped (0 = off):
+    #: a candidate score cut, as detection models use, applied after the threshold shaped the
+    #: masks. The mean, not the peak: on phantoms vessel fragments peak as high as nodules, but a
+    #: nodule is confident throughout and a false positive only in its core.
+    min_confidence: float = 0.0
 
 
 def equivalent_diameter_mm(volume_mm3: float) -> float:
@@ -138,8 +140,8 @@ def removal_reason(feature: dict[str, Any], filt: ComponentFilter, has_lung: boo
         return "outside_lung"
     if filt.vessel_filter and feature["elongation"] > filt.max_elongation:
         return "vessel_like"
-    peak = feature.get("max_probability")
-    if filt.min_peak_probability > 0 and peak is not None and peak < filt.min_peak_probability:
+    confidence = feature.get("mean_probability")
+    if filt.min_confidence > 0 and confidence is not None and confidence < filt.min_confidence:
         return "low_confidence"
     return None
 
