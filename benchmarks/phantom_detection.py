@@ -10,7 +10,8 @@ nodule it overlaps. Prints per scan and in total: sensitivity for nodules >= ``-
 by default) and false-positive components per scan, at the model's confidence cut
 (``min_confidence`` in its plan, or ``--min-confidence``: what ``medseg infer`` reports) and for
 all candidates; and the FROC (sensitivity at 0.125-8 FP per scan) scored by each component's
-confidence (mean probability) and by its peak probability, with the best cut for <= 1 FP/scan.
+confidence (the model's candidate classifier, else its mean probability), by its mean and by its
+peak probability, with the best confidence cut for <= 1 FP/scan.
 The pipeline runs with the cut off and the cut is applied to the candidates afterwards: it is a
 per-component filter, so this equals running with it. One JSON line with ``--json``.
 """
@@ -64,14 +65,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from medseg.data.phantom import make_phantom
     from medseg.evaluation.froc import froc
-    from medseg.evaluation.lesions import match_lesions
     from medseg.inference.pipeline import InferenceSettings, Segmenter
     from medseg.io import read_volume, write_volume
+    from medseg.postprocess.candidates import CandidateClassifier, confidence
+    from medseg.training.fp_reduction import scan_candidates
 
     seg = Segmenter(InferenceSettings(model=args.model, device=args.device, quiet=True, preview=False,
                                       save_probabilities=True, crf=False if args.no_crf else None,
                                       min_confidence=0.0))
     cut = float(seg.plan.inference.min_confidence if args.min_confidence is None else args.min_confidence)
+    clf_dict = seg.plan.inference.candidate_classifier
+    clf = CandidateClassifier.from_dict(clf_dict) if clf_dict else None
     scans, cands = [], []
     n_big = 0
     t_all = time.perf_counter()
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             ph = make_phantom(seed=seed, shape=args.shape, spacing=args.spacing)
             ct = write_volume(ph.ct, Path(work) / f"ph{seed}.nii.gz")
             truth = np.asarray(ph.nodules.array)
+            image = np.asarray(ph.ct.array)
             sizes = {int(d["id"]): float(d["diameter_mm"]) for d in ph.info["nodules"]}
             kinds = {int(d["id"]): f"{d['diameter_mm']:.1f} mm {d['kind']} {d['location']}" for d in ph.info["nodules"]}
             spacing = tuple(float(s) for s in ph.ct.spacing)
@@ -89,15 +94,18 @@ def main(argv: list[str] | None = None) -> int:
             res = seg.run(ct, Path(work) / "out", case_name=f"ph{seed}")
             seconds = time.perf_counter() - t
             pred = read_volume(res.outputs["nodules"]).array
-            prob = read_volume(res.outputs["probabilities"]).array  # candidate scores: mean and peak
-            m = match_lesions(pred, truth, spacing, probability=prob, score="mean")
-            peaks = match_lesions(pred, truth, spacing, probability=prob)["candidates"]
-            big = [les["id"] for les in m["lesions"] if sizes.get(les["id"], 0.0) >= args.min_mm]
+            prob = read_volume(res.outputs["probabilities"]).array
+            lungs = read_volume(res.outputs["lungs"]).array
+            # every kept component with the features the pipeline scored it by, and the nodules it hits
+            feats = scan_candidates(pred, truth, spacing, prob, image, lungs)
+            del image, prob, lungs
+            big = [i for i, dmm in sizes.items() if dmm >= args.min_mm and (truth == i).any()]
             n_big += len(big)
             mine = []
-            for c, p in zip(m["candidates"], peaks):
-                mine.append({"confidence": c["score"], "peak": p["score"], "hits": c["hits"],
-                             "hits_big": [(seed, g) for g in c["hits"] if g in big]})
+            for f in feats:
+                mine.append({"confidence": confidence(f, clf), "mean": f["mean_probability"],
+                             "peak": f["max_probability"], "hits": f["hits"],
+                             "hits_big": [(seed, g) for g in f["hits"] if g in big]})
             cands += mine
             at = _at_cut(mine, len(big), 1, cut)
             found_ids = {g for c in mine if c["confidence"] >= cut for _, g in c["hits_big"]}
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     # a hit on a nodule under --min-mm only is neither a detection nor a false positive
     scored = [c for c in cands if c["hits_big"] or not c["hits"]]
     curves = {key: froc([c[key] for c in scored], [c["hits_big"] for c in scored], n_big, len(scans))
-              for key in ("confidence", "peak")}
+              for key in ("confidence", "mean", "peak")}
     at_cut = _at_cut(cands, n_big, len(scans), cut)
     result = {
         "scans": len(scans),
@@ -130,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         "all_candidates": _at_cut(cands, n_big, len(scans), 0.0),
         "froc_sensitivity_at_fp": {k: round(v, 4) for k, v in curves["confidence"]["sensitivity_at_fp"].items()},
         "cpm": None if curves["confidence"]["cpm"] is None else round(curves["confidence"]["cpm"], 4),
+        "cpm_by_mean_probability": None if curves["mean"]["cpm"] is None else round(curves["mean"]["cpm"], 4),
         "cpm_by_peak": None if curves["peak"]["cpm"] is None else round(curves["peak"]["cpm"], 4),
+        "candidate_classifier": clf is not None,
         # the best confidence cut (PostprocessSettings.min_confidence) for <= 1 FP per scan, and
         # the same by peak probability for comparison
         "confidence_cut_at_1fp": _cut_at(curves["confidence"]["curve"], 1.0),

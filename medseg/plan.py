@@ -51,6 +51,9 @@ class InferencePlan:
     #: whole-scan mode drops components whose mean probability is below this (0 = off); tied to
     #: the weights' calibration, so it is chosen per model on tuning scans and kept in its plan
     min_confidence: float = 0.0
+    #: the candidate classifier fitted for these weights (``medseg train-fp``; a dict of
+    #: :class:`medseg.postprocess.CandidateClassifier`), or None: confidence = mean probability
+    candidate_classifier: dict | None = None
 
 
 @dataclass

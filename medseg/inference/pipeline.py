@@ -91,10 +91,14 @@ class Segmenter:
             s.crf = bool(self.settings.crf)
         if not self.settings.lung_mask:
             s.restrict_to_lung = False
-        # A detection cut: only on whole scans. A crop is known to hold its nodule.
+        # Detection: only on whole scans. A crop is known to hold its nodule.
         if self.settings.lung_mask:
             cut = self.settings.min_confidence
             s.min_confidence = float(self.plan.inference.min_confidence if cut is None else cut)
+            if self.plan.inference.candidate_classifier:
+                from medseg.postprocess import CandidateClassifier
+
+                s.candidate_classifier = CandidateClassifier.from_dict(self.plan.inference.candidate_classifier)
         return s
 
     # ----------------------------------------------------------------- one case
@@ -160,6 +164,10 @@ class Segmenter:
             None if probability_roi is None else probability_roi.probability,
             None if probability_roi is None else probability_roi.box,
         )
+        by_label = {int(f.get("label", i + 1)): f for i, f in enumerate(features)}
+        for n in nodules:
+            n["elongation"] = by_label.get(n["id"], {}).get("elongation")
+            n["confidence"] = by_label.get(n["id"], {}).get("confidence")
         outputs: dict[str, str] = {}
         if self.settings.save_probabilities:
             full = probability_roi.full(volume.shape) if probability_roi else np.zeros(volume.shape, np.float32)
@@ -195,9 +203,6 @@ class Segmenter:
         timings["outputs_s"] = time.perf_counter() - t
         timings["total_s"] = sum(v for k, v in timings.items())
 
-        by_label = {int(f.get("label", i + 1)): f for i, f in enumerate(features)}
-        for n in nodules:
-            n["elongation"] = by_label.get(n["id"], {}).get("elongation")
         for w in warnings:
             log.warning("%s: %s", name, w)
         report = build_report(

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.postprocess.candidates import CandidateClassifier
 from medseg.postprocess.components import ComponentFilter, component_features, filter_components
 from medseg.postprocess.crf import CRFSettings, refine
 
@@ -29,7 +30,9 @@ class PostprocessSettings:
     vessel_filter: bool = False    # optional elongated-component FP filter
     connectivity: int = 26
     max_elongation: float = 3.0    # vessel filter: sqrt(l1/l2) of the world-mm PCA above this
-    min_confidence: float = 0.0    # drop components whose mean probability is below (0 = off)
+    min_confidence: float = 0.0    # drop components whose confidence is below (0 = off)
+    #: second-stage FP reduction: its P(nodule) is the confidence (else the mean probability)
+    candidate_classifier: CandidateClassifier | None = None
     crf_settings: CRFSettings | None = None
 
 
@@ -44,7 +47,7 @@ def postprocess(
 
     Returns uint16 instance labels 1..N (largest first) and one feature dict per label (label,
     voxels, volume_mm3, equivalent_diameter_mm, bbox, centroid_ijk, extent_mm, mean_probability,
-    max_probability, mean_hu, elongation, flatness, and lung_overlap / lung_contact /
+    max_probability, mean_hu, elongation, flatness, confidence, and lung_overlap / lung_contact /
     centre_in_lung when a lung mask is given).
     """
     s = settings or PostprocessSettings()
@@ -67,9 +70,10 @@ def postprocess(
         max_elongation=s.max_elongation,
         connectivity=s.connectivity,
         min_confidence=s.min_confidence,
+        classifier=s.candidate_classifier,
     )
     labels, kept, _ = filter_components(mask, spacing, probability, image, lung_mask, filt)
     return labels, kept
 
 
-__all__ = ["CRFSettings", "PostprocessSettings", "component_features", "filter_components", "postprocess"]
+__all__ = ["CRFSettings", "CandidateClassifier", "PostprocessSettings", "component_features", "filter_components", "postprocess"]

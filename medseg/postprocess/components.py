@@ -15,6 +15,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from medseg.postprocess.candidates import CandidateClassifier, confidence
+
 #: Voxel-shell contact with the lung above which a component still counts as in the lung even if
 #: the lung mask excludes it (plain air-threshold lung masks leave juxta-pleural nodules out, yet
 #: such a nodule borders lung on roughly half of its surface; a chest-wall blob touches it barely).
@@ -30,11 +32,12 @@ class ComponentFilter:
     vessel_filter: bool = False
     max_elongation: float = 3.0
     connectivity: int = 26
-    #: components whose mean probability (their confidence) is below this are dropped (0 = off):
-    #: a candidate score cut, as detection models use, applied after the threshold shaped the
-    #: masks. The mean, not the peak: on phantoms vessel fragments peak as high as nodules, but a
-    #: nodule is confident throughout and a false positive only in its core.
+    #: components whose confidence is below this are dropped (0 = off): a candidate score cut, as
+    #: detection models use, applied after the threshold shaped the masks. The confidence is the
+    #: candidate classifier's P(nodule) when one is given, else the mean probability (not the
+    #: peak: vessel fragments peak as high as nodules, but a nodule is confident throughout).
     min_confidence: float = 0.0
+    classifier: CandidateClassifier | None = None
 
 
 def equivalent_diameter_mm(volume_mm3: float) -> float:
@@ -140,8 +143,8 @@ def removal_reason(feature: dict[str, Any], filt: ComponentFilter, has_lung: boo
         return "outside_lung"
     if filt.vessel_filter and feature["elongation"] > filt.max_elongation:
         return "vessel_like"
-    confidence = feature.get("mean_probability")
-    if filt.min_confidence > 0 and confidence is not None and confidence < filt.min_confidence:
+    score = feature.get("confidence", feature.get("mean_probability"))
+    if filt.min_confidence > 0 and score is not None and score < filt.min_confidence:
         return "low_confidence"
     return None
 
@@ -156,8 +159,8 @@ def filter_components(
 ) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
     """Label ``mask``, drop components per ``filt``, relabel the kept ones 1..N largest first.
 
-    Returns (uint16 labels, kept features with their new ``label``, removed features with a
-    ``removed`` reason and ``label`` 0).
+    Returns (uint16 labels, kept features with their new ``label`` and ``confidence``, removed
+    features with a ``removed`` reason and ``label`` 0).
     """
     filt = filt or ComponentFilter()
     if filt.connectivity not in (6, 18, 26):
@@ -166,6 +169,7 @@ def filter_components(
     feats = component_features(labels, spacing, probability, image, lung_mask)
     kept, removed = [], []
     for f in feats:
+        f["confidence"] = confidence(f, filt.classifier)
         reason = removal_reason(f, filt, lung_mask is not None)
         if reason:
             removed.append({**f, "label": 0, "removed": reason})

@@ -25,6 +25,7 @@ CSV_COLUMNS = (
     "mean_hu",
     "max_hu",
     "mean_probability",
+    "confidence",
     "solid_share",
     "type",
     "voxels",

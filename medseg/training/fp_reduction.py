@@ -1,0 +1,287 @@
+"""Fit the second-stage candidate classifier of a trained model (``medseg train-fp``).
+
+Whole scans with nodule masks (phantoms generated on the fly, or folders of ``X.nii.gz`` with
+``X_nodules.nii.gz``) go through the full ``medseg infer`` path with no confidence cut; every
+kept component becomes a candidate with its features and whether it touches a true nodule.
+A :class:`~medseg.postprocess.CandidateClassifier` is fitted to them, and the confidence cut for
+the target false positives per scan is chosen on **out-of-fold** scores (scans split into
+folds, each scored by a classifier that did not see it), so the cut is not flattered by the
+fit. The classifier and the cut are written into a copy of the checkpoint's plan: they belong
+to those weights (their probabilities' calibration), not to the code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.postprocess.candidates import FEATURES, CandidateClassifier, feature_vector
+from medseg.postprocess.components import component_features
+
+log = logging.getLogger("medseg.training")
+
+
+@dataclass
+class ScanCandidates:
+    """One scan's candidates: feature dicts with ``hits`` (ids of the true nodules they touch)."""
+
+    name: str
+    candidates: list[dict[str, Any]]
+    nodules: list[int]  # ids of the true nodules that count (at least ``min_mm``)
+
+
+def scan_candidates(
+    labels: np.ndarray,
+    truth: np.ndarray,
+    spacing: tuple[float, float, float],
+    probability: np.ndarray,
+    image: np.ndarray,
+    lung_mask: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Features of each predicted component (instance ``labels`` 1..N, as ``medseg infer`` writes
+    them) with ``hits``: the ids of the ``truth`` instances it overlaps."""
+    feats = component_features(labels, spacing, probability, image, lung_mask)
+    for f in feats:
+        (i0, i1), (j0, j1), (k0, k1) = f["bbox"]
+        box = (slice(i0, i1), slice(j0, j1), slice(k0, k1))
+        inside = labels[box] == f["label"]
+        ids = np.unique(truth[box][inside])
+        f["hits"] = [int(i) for i in ids if i > 0]
+    return feats
+
+
+def _matrix(scans: list[ScanCandidates], names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    rows, labels, groups, hits = [], [], [], []
+    for s_idx, scan in enumerate(scans):
+        for c in scan.candidates:
+            x = feature_vector(c, names)
+            if x is None:
+                raise ValueError(f"{scan.name}: candidate {c.get('label')} lacks a feature of {names}")
+            rows.append(x)
+            labels.append(1.0 if c["hits"] else 0.0)
+            groups.append(s_idx)
+            hits.append([(s_idx, g) for g in c["hits"] if g in scan.nodules])
+    return np.array(rows).reshape(-1, len(names)), np.array(labels), np.array(groups), hits
+
+
+@dataclass
+class FPReductionResult:
+    """The fitted classifier, its cut and the out-of-fold figures that chose the cut."""
+
+    classifier: CandidateClassifier
+    min_confidence: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_fp_reduction(
+    scans: list[ScanCandidates],
+    target_fp_per_scan: float = 1.0,
+    folds: int = 5,
+    l2: float = 1.0,
+    features: list[str] | None = None,
+) -> FPReductionResult:
+    """Fit the classifier on all scans; choose the cut on out-of-fold scores for the target rate."""
+    from medseg.evaluation.froc import froc
+
+    names = list(features or FEATURES)
+    x, y, groups, hits = _matrix(scans, names)
+    if len(scans) < 2:
+        raise ValueError("need at least two scans (the cut is chosen on scans the classifier did not see)")
+    folds = max(2, min(folds, len(scans)))
+    oof = np.zeros(len(y))
+    for k in range(folds):
+        test = groups % folds == k
+        if not test.any():
+            continue
+        clf = CandidateClassifier.fit(x[~test], y[~test], l2=l2, features=names)
+        oof[test] = clf.decision(x[test])
+    n_lesions = sum(len(s.nodules) for s in scans)
+    # a candidate touching only a nodule that does not count is neither a detection nor an FP
+    keep = [bool(h) or not y[i] for i, h in enumerate(hits)]
+    scores = [float(s) for s, k in zip(oof, keep) if k]
+    kept_hits = [h for h, k in zip(hits, keep) if k]
+    curve = froc(scores, kept_hits, n_lesions, len(scans))
+    by_mean = froc([float(v) for v, k in zip(x[:, names.index("mean_probability")], keep) if k]
+                   if "mean_probability" in names else scores, kept_hits, n_lesions, len(scans))
+    cut, at = 1.0, {"fp_per_scan": 0.0, "sensitivity": 0.0}
+    c = curve["curve"]
+    for thr, fps, sens in zip(c["threshold"], c["fp_per_scan"], c["sensitivity"]):
+        if thr is not None and fps <= target_fp_per_scan + 1e-12 and sens > at["sensitivity"]:
+            cut, at = float(thr), {"fp_per_scan": fps, "sensitivity": sens}
+    final = CandidateClassifier.fit(x, y, l2=l2, features=names)
+    found_any = len({h for hs in hits for h in hs})
+    report = {
+        "scans": len(scans),
+        "nodules": n_lesions,
+        "nodules_with_a_candidate": found_any,
+        "candidates": len(y),
+        "true_candidates": int(y.sum()),
+        "target_fp_per_scan": target_fp_per_scan,
+        "min_confidence": round(cut, 6),
+        "out_of_fold": {
+            "sensitivity": round(at["sensitivity"], 4),
+            "fp_per_scan": round(at["fp_per_scan"], 3),
+            "cpm": None if curve["cpm"] is None else round(curve["cpm"], 4),
+            "cpm_mean_probability": None if by_mean["cpm"] is None else round(by_mean["cpm"], 4),
+            "sensitivity_at_fp": {k: round(v, 4) for k, v in curve["sensitivity_at_fp"].items()},
+        },
+        "folds": folds,
+        "l2": l2,
+    }
+    return FPReductionResult(final, cut, report)
+
+
+# ------------------------------------------------------------------ scans through the pipeline
+def _scan_dirs(data: Iterable[Path]) -> Iterator[tuple[str, Path, Path]]:
+    for folder in data:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(folder, "is not a folder of scans with <name>_nodules masks")
+        pairs = 0
+        for img in sorted(folder.glob("*.nii*")):
+            stem = img.name.split(".nii")[0]
+            if stem.endswith(("_nodules", "_lungs", "_vessels", "_airways")):
+                continue
+            mask = folder / img.name.replace(stem, f"{stem}_nodules", 1)
+            if mask.is_file():
+                pairs += 1
+                yield stem, img, mask
+        if not pairs:
+            raise InputError(folder, "holds no <name>.nii.gz with a <name>_nodules.nii.gz beside it")
+
+
+def collect_candidates(
+    segmenter: Any,
+    scans: Iterable[tuple[str, Path, Path]],
+    work_dir: Path,
+    min_mm: float = 5.0,
+    sizes: dict[str, dict[int, float]] | None = None,
+) -> list[ScanCandidates]:
+    """Run ``segmenter`` (confidence cut off) on each (name, image, truth) and gather candidates.
+
+    Each scan's outputs stay in ``work_dir/<name>/`` with a ``candidates.json``, so an interrupted
+    run resumes. ``sizes`` gives true nodule diameters per scan (phantoms); otherwise a nodule's
+    equivalent diameter from its mask decides whether it counts (>= ``min_mm``).
+    """
+    from medseg.io import read_volume
+    from medseg.postprocess.components import equivalent_diameter_mm
+
+    out = []
+    for name, image_path, truth_path in scans:
+        d = Path(work_dir) / name
+        done = d / "candidates.json"
+        if done.is_file():
+            data = json.loads(done.read_text())
+            out.append(ScanCandidates(name, data["candidates"], data["nodules"]))
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        res = segmenter.run(image_path, d, case_name="scan")
+        image, truth = read_volume(image_path), read_volume(truth_path)
+        labels = read_volume(res.outputs["nodules"]).array
+        prob = read_volume(res.outputs["probabilities"]).array
+        lungs = read_volume(res.outputs["lungs"]).array
+        t = np.asarray(truth.array)
+        if t.dtype.kind == "f":
+            t = np.rint(t).astype(np.int64)
+        if t.max() == 1:  # a binary mask: its components are the nodules
+            import cc3d
+
+            t = cc3d.connected_components(t > 0, connectivity=26)
+        cands = scan_candidates(labels, t, image.spacing, prob, np.asarray(image.array), lungs)
+        if sizes and name in sizes:
+            nodules = [i for i, dmm in sizes[name].items() if dmm >= min_mm]
+        else:
+            ids, counts = np.unique(t[t > 0], return_counts=True)
+            vox = float(np.prod(image.spacing))
+            nodules = [int(i) for i, c in zip(ids, counts) if equivalent_diameter_mm(c * vox) >= min_mm]
+        for c in cands:  # JSON-able
+            c.pop("bbox", None)
+        from medseg.io.atomic import write_json_atomic
+
+        write_json_atomic(done, {"candidates": cands, "nodules": nodules})
+        out.append(ScanCandidates(name, cands, nodules))
+        log.info("%s: %d candidates, %d on true nodules", name, len(cands), sum(bool(c["hits"]) for c in cands))
+    return out
+
+
+def phantom_scans(count: int, seed: int, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                  folder: Path) -> tuple[list[tuple[str, Path, Path]], dict[str, dict[int, float]]]:
+    """Generate (or reuse) ``count`` phantoms from ``seed`` in ``folder``: scan list and nodule sizes."""
+    from medseg.data.phantom import make_phantom
+    from medseg.io import write_volume
+
+    scans, sizes = [], {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(seed, seed + count):
+        name = f"phantom{s}"
+        img, mask, info = folder / f"{name}.nii.gz", folder / f"{name}_nodules.nii.gz", folder / f"{name}.json"
+        if not info.is_file():
+            ph = make_phantom(seed=s, shape=shape, spacing=spacing)
+            write_volume(ph.ct, img)
+            write_volume(ph.nodules, mask)
+            info.write_text(json.dumps({str(n["id"]): float(n["diameter_mm"]) for n in ph.info["nodules"]}))
+        sizes[name] = {int(k): v for k, v in json.loads(info.read_text()).items()}
+        scans.append((name, img, mask))
+    return scans, sizes
+
+
+def train_fp_reduction(
+    model: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    data: list[str | os.PathLike[str]] | None = None,
+    phantoms: int = 0,
+    seed: int = 3000,
+    shape: tuple[int, int, int] = (224, 224, 112),
+    spacing: tuple[float, float, float] = (1.4, 1.4, 2.5),
+    target_fp_per_scan: float = 1.0,
+    min_mm: float = 5.0,
+    work_dir: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    folds: int = 5,
+    l2: float = 1.0,
+) -> FPReductionResult:
+    """Collect candidates of ``model`` on scans, fit the classifier, write ``out`` (a checkpoint
+    whose plan carries ``candidate_classifier`` and ``min_confidence``). Returns the fit."""
+    import torch
+
+    from medseg.inference.pipeline import InferenceSettings, Segmenter
+    from medseg.io.atomic import atomic_path
+    from medseg.models import load_checkpoint_dict
+    from medseg.models.checkpoint import BUNDLED_MODEL
+
+    if not data and phantoms < 2:
+        raise ValueError("give scan folders (data) or at least two phantoms")
+    payload = load_checkpoint_dict(model or BUNDLED_MODEL)
+    with tempfile.TemporaryDirectory(prefix="medseg-fp-") as tmp:
+        work = Path(work_dir) if work_dir else Path(tmp)
+        scans: list[tuple[str, Path, Path]] = list(_scan_dirs([Path(p) for p in data or []]))
+        sizes: dict[str, dict[int, float]] = {}
+        if phantoms:
+            ph_scans, sizes = phantom_scans(phantoms, seed, shape, spacing, work / "phantoms")
+            scans += ph_scans
+        seg = Segmenter(InferenceSettings(model=None if model is None else str(model), device=device, quiet=True,
+                                          preview=False, save_probabilities=True, dicom_seg=False,
+                                          min_confidence=0.0, crf=None))
+        seg.plan.inference.candidate_classifier = None  # candidates of the network, not of an older fit
+        cands = collect_candidates(seg, scans, work / "candidates", min_mm=min_mm, sizes=sizes)
+    result = fit_fp_reduction(cands, target_fp_per_scan, folds=folds, l2=l2)
+    payload["plan"].setdefault("inference", {})
+    payload["plan"]["inference"]["candidate_classifier"] = result.classifier.to_dict()
+    payload["plan"]["inference"]["min_confidence"] = result.min_confidence
+    payload["fp_reduction"] = {**result.report, "phantoms": {"count": phantoms, "seed": seed, "shape": list(shape),
+                                                             "spacing": list(spacing)} if phantoms else None,
+                               "data": [str(p) for p in data or []]}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp_path:
+        torch.save(payload, tmp_path)
+    return result
