@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.training.fp_reduction import train_fp_reduction
-
     import sys
+
+    from medseg.training.fp_reduction import train_fp_reduction
 
     problem = ("give --data folders or --phantoms 2 or more" if not args.data and args.phantoms < 2
                else "--target-fp must be positive" if args.target_fp <= 0 else None)
