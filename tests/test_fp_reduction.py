@@ -23,6 +23,8 @@ def candidate(nodule: bool, rng: np.random.Generator) -> dict:
         "elongation": rng.uniform(1.0, 1.4) if nodule else rng.uniform(1.6, 4.0),
         "flatness": rng.uniform(1.0, 1.5),
         "mean_hu": rng.uniform(-300, 50),
+        "std_hu": rng.uniform(20, 150),
+        "shell_dense": rng.uniform(0.0, 0.3),
         "lung_contact": rng.uniform(0.3, 1.0),
     }
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medseg.postprocess import PostprocessSettings, postprocess
-from medseg.postprocess.components import elongation, equivalent_diameter_mm
+from medseg.postprocess.components import component_features, elongation, equivalent_diameter_mm
 
 SPACING = (0.7, 0.7, 1.25)
 SHAPE = (100, 80, 40)
@@ -112,3 +112,19 @@ def test_min_confidence_cuts_on_mean_not_peak_probability(scene):
     assert feats[0]["mean_probability"] == pytest.approx(0.95)
     off = postprocess(prob, scene["image"], SPACING, scene["lungs"], PostprocessSettings(crf=False))[1]
     assert len(off) == 2 and max(f["max_probability"] for f in off) == pytest.approx(0.99)
+
+
+def test_shell_dense_sees_a_vessel_leaving_the_component_but_not_air_around_a_nodule():
+    shape = (40, 40, 40)
+    g = np.indices(shape)
+    nodule = ((g - 10) ** 2).sum(0) <= 16
+    vessel = ((g[0] - 28) ** 2 + (g[1] - 28) ** 2 <= 4)  # a tube along k through the whole volume
+    image = np.full(shape, -850.0)
+    image[nodule | vessel] = 40.0
+    labels = np.zeros(shape, np.uint16)
+    labels[nodule] = 1
+    labels[vessel & (g[2] >= 15) & (g[2] < 25)] = 2  # the model marked a 10-voxel stretch of it
+    f = {x["label"]: x for x in component_features(labels, (1.0, 1.0, 1.0), image=image)}
+    assert f[1]["shell_dense"] == 0.0 and f[1]["std_hu"] == 0.0
+    # the tube continues through both ends: its cross-sections are dense, the side is air
+    assert 0.05 < f[2]["shell_dense"] < 0.5  # two 13-voxel end caps of a ~300-voxel shell

@@ -26,6 +26,8 @@ FEATURES: dict[str, Any] = {
     "log_elongation": lambda f: math.log(f["elongation"]),
     "log_flatness": lambda f: math.log(f["flatness"]),
     "mean_hu": lambda f: f["mean_hu"] / 100.0,
+    "std_hu": lambda f: f["std_hu"] / 100.0,
+    "shell_dense": lambda f: f["shell_dense"],
     "lung_contact": lambda f: f["lung_contact"],
 }
 

@@ -21,6 +21,8 @@ from medseg.postprocess.candidates import CandidateClassifier, confidence
 #: the lung mask excludes it (plain air-threshold lung masks leave juxta-pleural nodules out, yet
 #: such a nodule borders lung on roughly half of its surface; a chest-wall blob touches it barely).
 LUNG_CONTACT_INSIDE = 0.3
+#: HU above which a voxel counts as dense (soft tissue, vessel, nodule) rather than aerated lung
+DENSE_HU = -500.0
 
 
 @dataclass
@@ -77,8 +79,9 @@ def component_features(
 
     Keys: label, voxels, volume_mm3, equivalent_diameter_mm, bbox ([[i0,i1),[j0,j1),[k0,k1)]),
     centroid_ijk, extent_mm, elongation, flatness, and where inputs are given mean_probability,
-    max_probability, mean_hu, lung_overlap (fraction of voxels in the lung mask), lung_contact
-    (fraction of the one-voxel outer shell lying in the lung mask), centre_in_lung.
+    max_probability, mean_hu, std_hu, shell_dense (fraction of the one-voxel outer shell above
+    ``DENSE_HU``), lung_overlap (fraction of voxels in the lung mask), lung_contact (fraction of
+    the outer shell lying in the lung mask), centre_in_lung.
     """
     sp = tuple(float(s) for s in spacing)
     voxel_mm3 = float(np.prod(sp))
@@ -111,12 +114,19 @@ def component_features(
             p = probability[box][sub]
             f["mean_probability"] = float(p.mean())
             f["max_probability"] = float(p.max())
+        shell = None
         if image is not None:
-            f["mean_hu"] = float(image[box][sub].mean())
+            hu = image[box]
+            f["mean_hu"] = float(hu[sub].mean())
+            f["std_hu"] = float(hu[sub].std())
+            # dense tissue leaving the component (a vessel continuing, the pleura) vs lung around it
+            shell = ndimage.binary_dilation(sub, structure=np.ones((3, 3, 3), bool)) & ~sub
+            f["shell_dense"] = float((hu[shell] > DENSE_HU).mean()) if shell.any() else 0.0
         if lung_mask is not None:
             lung = lung_mask[box] > 0
             f["lung_overlap"] = float(lung[sub].mean())
-            shell = ndimage.binary_dilation(sub, structure=np.ones((3, 3, 3), bool)) & ~sub
+            if shell is None:
+                shell = ndimage.binary_dilation(sub, structure=np.ones((3, 3, 3), bool)) & ~sub
             f["lung_contact"] = float(lung[shell].mean()) if shell.any() else 0.0
             ci = tuple(int(round(c)) for c in centroid)
             f["centre_in_lung"] = bool(lung_mask[ci] > 0)

@@ -198,7 +198,8 @@ def collect_candidates(
             t = cc3d.connected_components(t > 0, connectivity=26)
         cands = scan_candidates(labels, t, image.spacing, prob, np.asarray(image.array), lungs)
         if sizes and name in sizes:
-            nodules = [i for i, dmm in sizes[name].items() if dmm >= min_mm]
+            present = set(np.unique(t).tolist())
+            nodules = [i for i, dmm in sizes[name].items() if dmm >= min_mm and i in present]
         else:
             ids, counts = np.unique(t[t > 0], return_counts=True)
             vox = float(np.prod(image.spacing))
