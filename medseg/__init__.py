@@ -23,6 +23,7 @@ __all__ = [
     "infer",
     "read_volume",
     "train",
+    "train_fp",
     "write_mask",
     "write_volume",
 ]
@@ -30,7 +31,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # train/infer/evaluate/batch load their stage on first use (see medseg.api)
-    if name in ("train", "infer", "evaluate", "batch"):
+    if name in ("train", "train_fp", "infer", "evaluate", "batch"):
         from medseg import api
 
         return getattr(api, name)

@@ -1,4 +1,4 @@
-"""The Python API: ``train()``, ``infer()``, ``evaluate()``, ``batch()``.
+"""The Python API: ``train()``, ``train_fp()``, ``infer()``, ``evaluate()``, ``batch()``.
 
 The CLI is a thin layer over these. Each one is implemented in its stage's package and imported
 on first use, so ``import medseg`` stays fast and a stage's heavy dependencies load only when used.
@@ -12,6 +12,7 @@ from typing import Any
 #: public name -> "module:attribute" implementing it
 _IMPLEMENTATIONS = {
     "train": "medseg.training.run:train",
+    "train_fp": "medseg.training.fp_reduction:train_fp_reduction",
     "infer": "medseg.inference.pipeline:infer",
     "evaluate": "medseg.evaluation.api:evaluate",
     "batch": "medseg.batch.runner:run_batch",
