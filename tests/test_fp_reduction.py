@@ -10,7 +10,7 @@ from medseg.cli import main as cli_main
 from medseg.models import build_network, load_checkpoint_dict, save_checkpoint
 from medseg.plan import NetworkPlan, Plan
 from medseg.postprocess import CandidateClassifier, PostprocessSettings, postprocess
-from medseg.postprocess.candidates import FEATURES, confidence
+from medseg.postprocess.candidates import DEFAULT_FEATURES, FEATURES, confidence
 from medseg.training.fp_reduction import ScanCandidates, fit_fp_reduction, scan_candidates
 
 
@@ -41,7 +41,7 @@ def synthetic_scans(n_scans: int = 6, seed: int = 0) -> list[ScanCandidates]:
 
 def test_classifier_learns_the_separating_feature_and_round_trips():
     scans = synthetic_scans()
-    names = list(FEATURES)
+    names = list(DEFAULT_FEATURES)
     x = np.array([[FEATURES[n](c) for n in names] for s in scans for c in s.candidates])
     y = np.array([bool(c["hits"]) for s in scans for c in s.candidates], float)
     clf = CandidateClassifier.fit(x, y)
@@ -92,7 +92,7 @@ def test_postprocess_confidence_is_the_classifier_score():
     prob[20:22, 5:35, 10:12] = 0.9  # a rod of the same probability
     image = np.where(prob > 0, 30.0, -850.0).astype(np.float32)
     lungs = np.ones(prob.shape, bool)
-    names = list(FEATURES)
+    names = list(DEFAULT_FEATURES)
     x = np.array([[FEATURES[n](candidate(n_, rng)) for n in names] for n_ in [True] * 30 + [False] * 30])
     clf = CandidateClassifier.fit(x, np.array([1.0] * 30 + [0.0] * 30))
     s = PostprocessSettings(crf=False, candidate_classifier=clf, min_confidence=0.5)
@@ -133,7 +133,7 @@ def test_cli_train_fp_writes_a_checkpoint_that_infer_applies(tmp_path, monkeypat
     assert cli_main(args) == 0
     payload = load_checkpoint_dict(out)
     inf = payload["plan"]["inference"]
-    assert inf["candidate_classifier"]["features"] == list(FEATURES) and 0 < inf["min_confidence"] < 1
+    assert inf["candidate_classifier"]["features"] == list(DEFAULT_FEATURES) and 0 < inf["min_confidence"] < 1
     assert payload["fp_reduction"]["candidates"] > payload["fp_reduction"]["true_candidates"] > 0
     assert torch.equal(payload["state_dict"][next(iter(payload["state_dict"]))],
                        load_checkpoint_dict(ckpt)["state_dict"][next(iter(payload["state_dict"]))])

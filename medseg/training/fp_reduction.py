@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.postprocess.candidates import FEATURES, CandidateClassifier, feature_vector
+from medseg.postprocess.candidates import DEFAULT_FEATURES, CandidateClassifier, feature_vector
 from medseg.postprocess.components import component_features
 
 log = logging.getLogger("medseg.training")
@@ -86,13 +86,13 @@ def fit_fp_reduction(
     scans: list[ScanCandidates],
     target_fp_per_scan: float = 1.0,
     folds: int = 5,
-    l2: float = 1.0,
+    l2: float = 10.0,
     features: list[str] | None = None,
 ) -> FPReductionResult:
     """Fit the classifier on all scans; choose the cut on out-of-fold scores for the target rate."""
     from medseg.evaluation.froc import froc
 
-    names = list(features or FEATURES)
+    names = list(features or DEFAULT_FEATURES)
     x, y, groups, hits = _matrix(scans, names)
     if len(scans) < 2:
         raise ValueError("need at least two scans (the cut is chosen on scans the classifier did not see)")
@@ -248,7 +248,7 @@ def train_fp_reduction(
     work_dir: str | os.PathLike[str] | None = None,
     device: str = "auto",
     folds: int = 5,
-    l2: float = 1.0,
+    l2: float = 10.0,
 ) -> FPReductionResult:
     """Collect candidates of ``model`` on scans, fit the classifier, write ``out`` (a checkpoint
     whose plan carries ``candidate_classifier`` and ``min_confidence``). Returns the fit."""
