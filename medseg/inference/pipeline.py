@@ -167,7 +167,8 @@ class Segmenter:
         by_label = {int(f.get("label", i + 1)): f for i, f in enumerate(features)}
         for n in nodules:
             n["elongation"] = by_label.get(n["id"], {}).get("elongation")
-            n["confidence"] = by_label.get(n["id"], {}).get("confidence")
+            score = by_label.get(n["id"], {}).get("confidence")
+            n["confidence"] = None if score is None else round(float(score), 4)
         outputs: dict[str, str] = {}
         if self.settings.save_probabilities:
             full = probability_roi.full(volume.shape) if probability_roi else np.zeros(volume.shape, np.float32)
