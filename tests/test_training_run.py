@@ -142,6 +142,24 @@ def test_init_weights_fine_tunes_from_a_trained_model_with_its_plan(data, tmp_pa
     # started from the trained weights: the first epoch's loss is the trained model's, not a fresh one's
     assert float(_rows(ft)[0]["train_loss"]) < float(_rows(src)[0]["train_loss"])
 
+    # a candidate classifier fitted for the old weights is not carried to the new ones
+    import torch
+
+    from medseg.models import load_checkpoint_dict
+    from medseg.postprocess import CandidateClassifier
+
+    payload = load_checkpoint_dict(src / "best.pt")
+    clf = CandidateClassifier(mean=[0.0] * 7, scale=[1.0] * 7, coef=[1.0] * 7)
+    payload["plan"]["inference"].update(candidate_classifier=clf.to_dict(), min_confidence=0.7)
+    torch.save(payload, tmp_path / "with_fp.pt")
+    ft2 = tmp_path / "ft2"
+    ft2.mkdir()
+    shutil.copy(src / "splits.json", ft2 / "splits.json")
+    train("lung_nodule", [data], ft2, max_epochs=1, device="cpu", steps_per_epoch=1,
+          init_weights=str(tmp_path / "with_fp.pt"), **TINY)
+    inference = json.loads((ft2 / "plan.json").read_text())["inference"]
+    assert inference["candidate_classifier"] is None and inference["min_confidence"] == 0.0
+
     # a split that puts the source's validation patients into training is flagged
     leak = tmp_path / "leak"
     leak.mkdir()

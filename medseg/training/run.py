@@ -119,6 +119,10 @@ def train(
                     inf = {k: v for k, v in (task_dict.get("inference") or {}).items()
                            if k in ("overlap", "blend_mode", "sw_batch_size", "threshold")}
                     plan_d["inference"] = {**(plan_d.get("inference") or {}), **inf}
+                    # a candidate classifier and its cut fit the old weights' probabilities only:
+                    # new weights need a new `medseg train-fp`
+                    plan_d["inference"]["candidate_classifier"] = None
+                    plan_d["inference"]["min_confidence"] = 0.0
                     if ov.get("batch_size"):
                         plan_d["batch_size"] = int(ov["batch_size"])
                 else:
