@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-confidence", type=float, default=None,
                     help="confidence cut to report (default: the model's plan)")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument("--candidates-out", type=Path, default=None,
+                    help="also write every candidate (seed, confidence, mean, peak, hits) as JSON, to study cuts")
     args = ap.parse_args(argv)
     if args.count < 1:
         ap.error("--count must be at least 1")
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t_all, 1),
         "per_scan": scans,
     }
+    if args.candidates_out:
+        args.candidates_out.write_text(json.dumps({"nodules": n_big, "scans": len(scans), "candidates": cands}))
     if args.json:
         print(json.dumps(result))
     else:

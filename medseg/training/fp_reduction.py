@@ -112,10 +112,13 @@ def fit_fp_reduction(
     curve = froc(scores, kept_hits, n_lesions, len(scans))
     by_mean = froc([float(v) for v, k in zip(x[:, names.index("mean_probability")], keep) if k]
                    if "mean_probability" in names else scores, kept_hits, n_lesions, len(scans))
+    # the lowest cut within the FP budget: sensitivity only grows as the cut falls, so this spends
+    # the budget on sensitivity (on the fitting scans the curve is often flat near the target; the
+    # higher cut would leave no margin for nodules that score a little lower on new scans)
     cut, at = 1.0, {"fp_per_scan": 0.0, "sensitivity": 0.0}
     c = curve["curve"]
     for thr, fps, sens in zip(c["threshold"], c["fp_per_scan"], c["sensitivity"]):
-        if thr is not None and fps <= target_fp_per_scan + 1e-12 and sens > at["sensitivity"]:
+        if thr is not None and fps <= target_fp_per_scan + 1e-12 and thr < cut:
             cut, at = float(thr), {"fp_per_scan": fps, "sensitivity": sens}
     final = CandidateClassifier.fit(x, y, l2=l2, features=names)
     found_any = len({h for hs in hits for h in hs})
