@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         "per_scan": scans,
     }
     if args.candidates_out:
-        args.candidates_out.write_text(json.dumps({"nodules": n_big, "scans": len(scans), "candidates": cands}))
+        from medseg.io.atomic import write_json_atomic
+
+        write_json_atomic(args.candidates_out, {"nodules": n_big, "scans": len(scans), "candidates": cands})
     if args.json:
         print(json.dumps(result))
     else:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.io.atomic import write_json_atomic
 from medseg.postprocess.candidates import DEFAULT_FEATURES, CandidateClassifier, feature_vector
 from medseg.postprocess.components import component_features
 
@@ -209,8 +210,6 @@ def collect_candidates(
             nodules = [int(i) for i, c in zip(ids, counts) if equivalent_diameter_mm(c * vox) >= min_mm]
         for c in cands:  # JSON-able
             c.pop("bbox", None)
-        from medseg.io.atomic import write_json_atomic
-
         write_json_atomic(done, {"candidates": cands, "nodules": nodules})
         out.append(ScanCandidates(name, cands, nodules))
         log.info("%s: %d candidates, %d on true nodules", name, len(cands), sum(bool(c["hits"]) for c in cands))
@@ -232,7 +231,8 @@ def phantom_scans(count: int, seed: int, shape: tuple[int, int, int], spacing: t
             ph = make_phantom(seed=s, shape=shape, spacing=spacing)
             write_volume(ph.ct, img)
             write_volume(ph.nodules, mask)
-            info.write_text(json.dumps({str(n["id"]): float(n["diameter_mm"]) for n in ph.info["nodules"]}))
+            # written last and atomically: its presence marks a complete phantom on resume
+            write_json_atomic(info, {str(n["id"]): float(n["diameter_mm"]) for n in ph.info["nodules"]})
         sizes[name] = {int(k): v for k, v in json.loads(info.read_text()).items()}
         scans.append((name, img, mask))
     return scans, sizes
