@@ -126,6 +126,43 @@ class HardNegativeMapd(MapTransform):
         return d
 
 
+class LesionBalancedIndicesd(MapTransform):
+    """Make every lesion equally likely as a foreground crop centre, whatever its size.
+
+    ``ClassesToIndicesd`` lists foreground voxels, so a uniform draw picks lesions in proportion to
+    their volume: in a whole scan with a 20 mm and a 5 mm nodule the small one (64x fewer voxels)
+    is almost never a patch centre, and small nodules are what a model misses. This rewrites the
+    ``fg_class`` index list as an equal share per lesion (26-connected component of the label),
+    drawn with replacement from that lesion's voxels, keeping the list's length.
+    """
+
+    def __init__(self, label_key: str, indices_key: str, fg_class: int = 1, seed: int = 0) -> None:
+        super().__init__([label_key, indices_key])
+        self.label_key, self.indices_key, self.fg_class = label_key, indices_key, int(fg_class)
+        self.seed = int(seed)
+
+    def __call__(self, data):  # noqa: ANN001, ANN204
+        import cc3d
+
+        d = dict(data)
+        indices = list(d[self.indices_key])
+        fg = np.asarray(indices[self.fg_class]).ravel()
+        if fg.size == 0:
+            return d
+        lab = np.asarray(d[self.label_key].detach().cpu() if hasattr(d[self.label_key], "detach") else d[self.label_key])
+        comps = cc3d.connected_components(lab[0] > 0, connectivity=26)
+        lesion = comps.ravel()[fg]
+        ids = np.unique(lesion[lesion > 0])
+        if len(ids) < 2:
+            return d
+        share = max(1, -(-fg.size // len(ids)))
+        rng = np.random.default_rng(self.seed)  # cached once per case: deterministic
+        picked = [rng.choice(fg[lesion == i], size=share, replace=True) for i in ids]
+        indices[self.fg_class] = np.concatenate(picked).astype(fg.dtype)
+        d[self.indices_key] = indices
+        return d
+
+
 def _preprocess(plan: Plan, hard_negatives: dict | None = None, max_indices: int = 200_000):  # noqa: ANN202
     """Deterministic part shared by training and validation (cached by ``CacheDataset``).
 
@@ -161,6 +198,7 @@ def _preprocess(plan: Plan, hard_negatives: dict | None = None, max_indices: int
             SpatialPadd("sampling", spatial_size=plan.patch_size, mode="constant", value=0),
             ClassesToIndicesd("sampling", indices_postfix="_idx", num_classes=3, max_samples_per_class=max_indices),
             DeleteItemsd("sampling"),
+            LesionBalancedIndicesd("label", "sampling_idx", fg_class=1),
         ]
     xs.append(EnsureTyped(["image", "label"], dtype=np.float32, track_meta=False))
     return xs

@@ -224,3 +224,43 @@ def test_hard_negative_sampling_centres_patches_on_vessels_not_nodules_or_air(tm
     assert 5 <= n_nodule <= 25 and all(lab == 1 or hu == pytest.approx(40, abs=1) for hu, lab in mixed)
     # ratio 0 keeps the plain positive/negative crop (the behaviour of older task files)
     assert all(lab == 1 for _, lab in centres(0, 1, 0, n=5))
+
+
+def test_foreground_crops_are_shared_equally_between_lesions_of_any_size(tmp_path):
+    """A 1.5 mm and a 6 mm nodule in one scan: each is the crop centre about half the time, not in
+    proportion to its volume (1 in 50 for the small one), so small nodules get trained on."""
+    from medseg.plan import IntensityPlan, Plan
+    from medseg.transforms import train_transforms
+
+    shape = (48, 48, 32)
+    big, small = _sphere(shape, centre=(14, 14, 14), r=6), _sphere(shape, centre=(34, 34, 16), r=1.5)
+    assert big.sum() > 40 * small.sum()
+    ct = np.full(shape, -850, np.int16)
+    ct[big > 0], ct[small > 0] = 60, 30  # tell the two apart by HU at the crop centre
+    _write(tmp_path / "image" / "c.nii.gz", ct)
+    _write(tmp_path / "mask" / "c.nii.gz", (big + small).astype(np.uint8))
+    plan = Plan(spacing=(1.0, 1.0, 1.0), patch_size=(8, 8, 8),
+                intensity=IntensityPlan(clip=(-1000.0, 1000.0), mean=0.0, std=1000.0))
+    task = {"sampling": {"neg": 0, "pos": 1, "hard_negative": {"ratio": 1}}, "augmentation": {}}
+    tf = train_transforms(plan, task)  # no hard negatives in this image: every crop is on a nodule
+    tf.set_random_state(seed=5)
+    hits = []
+    for _ in range(40):
+        (patch,) = tf({"image": str(tmp_path / "image" / "c.nii.gz"), "label": str(tmp_path / "mask" / "c.nii.gz")})
+        hits.append(round(float(np.asarray(patch["image"][0])[4, 4, 4]) * 1000.0))
+    assert set(hits) <= {30, 60}
+    assert 10 <= hits.count(30) <= 30
+
+
+def test_lesion_balanced_indices_leave_one_lesion_and_empty_lists_alone():
+    import torch
+
+    from medseg.transforms import LesionBalancedIndicesd
+
+    label = torch.from_numpy(_sphere((16, 16, 16), r=3))[None]
+    fg = np.flatnonzero(np.asarray(label[0]))
+    tf = LesionBalancedIndicesd("label", "idx")
+    out = tf({"label": label, "idx": [np.array([0, 1]), fg]})
+    assert np.array_equal(out["idx"][1], fg)
+    empty = tf({"label": torch.zeros_like(label), "idx": [np.array([0, 1]), np.array([], dtype=np.int64)]})
+    assert empty["idx"][1].size == 0

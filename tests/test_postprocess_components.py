@@ -128,3 +128,39 @@ def test_shell_dense_sees_a_vessel_leaving_the_component_but_not_air_around_a_no
     assert f[1]["shell_dense"] == 0.0 and f[1]["std_hu"] == 0.0
     # the tube continues through both ends: its cross-sections are dense, the side is air
     assert 0.05 < f[2]["shell_dense"] < 0.5  # two 13-voxel end caps of a ~300-voxel shell
+
+
+def _scene_mm(spacing, extent_mm=40.0):
+    shape = tuple(int(round(extent_mm / s)) for s in spacing)
+    return np.indices(shape).astype(float) * np.asarray(spacing)[:, None, None, None]
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.5)])
+def test_blobness_tells_a_nodule_from_a_vessel_whatever_its_contrast_or_the_voxel_size(spacing):
+    from medseg.postprocess.components import blobness
+
+    g = _scene_mm(spacing)
+    sphere = ((g - 20.0) ** 2).sum(0) <= 4.0**2
+    tube = (g[0] - 20.0) ** 2 + (g[1] - 20.0) ** 2 <= 1.5**2
+    on_vessel = sphere | ((g[0] - 24.0) ** 2 + (g[1] - 20.0) ** 2 <= 1.5**2)
+    noise = np.random.default_rng(0).normal(0.0, 25.0, sphere.shape)
+
+    def score(mask, hu):
+        return blobness(np.where(mask, hu, -860.0) + noise, mask, spacing)
+
+    solid, ggo, vessel, juxta = score(sphere, 40.0), score(sphere, -600.0), score(tube, 40.0), score(on_vessel, 40.0)
+    assert solid > 0.5 and vessel < 0.1
+    assert ggo == pytest.approx(solid, abs=0.08)  # shape, not contrast
+    assert vessel < juxta < solid  # a nodule on a vessel: in between
+
+
+def test_shape_measures_only_for_candidates_when_the_classifier_uses_them(scene):
+    from medseg.postprocess.candidates import CandidateClassifier
+
+    clf = CandidateClassifier(features=["prob_blobness"], mean=[0.0], scale=[1.0], coef=[1.0])
+    s = PostprocessSettings(crf=False, candidate_classifier=clf)
+    labels, feats = postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"], s)
+    assert feats and all(0.0 <= f["prob_blobness"] <= 1.0 and "hu_blobness" in f for f in feats)
+    assert all(f["confidence"] == pytest.approx(1 / (1 + np.exp(-f["prob_blobness"]))) for f in feats)
+    plain = postprocess(scene["prob"], scene["image"], SPACING, scene["lungs"], PostprocessSettings(crf=False))[1]
+    assert plain and not any("prob_blobness" in f for f in plain)

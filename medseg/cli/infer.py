@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sliding-window overlap in [0, 1) (default: the model's, 0.5); lower is faster but "
                         "changes the masks")
     p.add_argument("--min-confidence", type=_unit, default=None,
-                   help="drop nodules whose mean probability is below this, in [0, 1] (default: the model's; "
-                        "0 keeps every candidate, e.g. for a reader who wants high sensitivity)")
+                   help="drop nodules whose confidence (the model's candidate classifier, else the mean "
+                        "probability) is below this, in [0, 1] (default: the model's; 0 keeps every "
+                        "candidate, e.g. for a reader who wants high sensitivity)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
     crf = p.add_mutually_exclusive_group()
     crf.add_argument("--crf", dest="crf", action="store_true", default=None, help="refine with a 3D dense CRF")

@@ -29,6 +29,8 @@ FEATURES: dict[str, Any] = {
     "std_hu": lambda f: f["std_hu"] / 100.0,
     "shell_dense": lambda f: f["shell_dense"],
     "lung_contact": lambda f: f["lung_contact"],
+    "prob_blobness": lambda f: f["prob_blobness"],
+    "hu_blobness": lambda f: f["hu_blobness"],
 }
 
 #: What ``medseg train-fp`` fits on. Not the HU level or spread: on phantoms those are set by the

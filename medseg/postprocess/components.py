@@ -8,7 +8,7 @@ directions, so the direction cosines are not needed here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cc3d
@@ -23,6 +23,10 @@ from medseg.postprocess.candidates import CandidateClassifier, confidence
 LUNG_CONTACT_INSIDE = 0.3
 #: HU above which a voxel counts as dense (soft tissue, vessel, nodule) rather than aerated lung
 DENSE_HU = -500.0
+#: Gaussian scales (mm) of the Hessian shape measure: blobs of about 3-14 mm across
+BLOB_SCALES_MM = (1.5, 2.5, 4.0)
+#: context read around a component for the Hessian filters (mm; 2.5 sigma of the largest scale)
+BLOB_MARGIN_MM = 10.0
 
 
 @dataclass
@@ -64,8 +68,54 @@ def elongation(coords_ijk: np.ndarray, spacing: tuple[float, float, float]) -> t
     return float(np.sqrt(ev[0] / ev[1])), float(np.sqrt(ev[1] / ev[2]))
 
 
-def _box(bbox: Any, shape: tuple[int, ...], pad: int = 0) -> tuple[slice, ...]:
-    return tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(bbox, shape))
+def _box(bbox: Any, shape: tuple[int, ...], pad: int | tuple[int, ...] = 0) -> tuple[slice, ...]:
+    pads = pad if isinstance(pad, tuple) else (pad,) * len(shape)
+    return tuple(slice(max(s.start - p, 0), min(s.stop + p, n)) for s, p, n in zip(bbox, pads, shape))
+
+
+def blobness(
+    values: np.ndarray,
+    inside: np.ndarray,
+    spacing: tuple[float, float, float],
+    scales_mm: tuple[float, ...] = BLOB_SCALES_MM,
+) -> float:
+    """How blob-like rather than tube-like the bright structure at ``inside`` is, in [0, 1].
+
+    From the eigenvalues |l1| >= |l2| >= |l3| of the Gaussian-smoothed Hessian (world mm, each
+    scale sigma^2-normalised), the dot and line measures of Li, Sone and Doi (Med. Phys. 2003,
+    the classical nodule-enhancement filter): dot = |l3|^2 / |l1| where all three are negative,
+    line = |l2| (|l2| - |l3|) / |l1| where l1, l2 are. Each is maximised over the voxels of
+    ``inside`` and the scales; the result is dot / (dot + line): about 1 for a sphere, about 0
+    for a vessel, in between for a nodule on a vessel. A ratio of two second-derivative measures,
+    it does not depend on the contrast (a ground-glass and a solid sphere score alike), only on
+    shape; ``values`` is the box around ``inside`` (HU or probabilities).
+    """
+    sp = np.asarray(spacing, dtype=np.float64)
+    where = np.nonzero(inside)
+    if len(where[0]) == 0:
+        return 0.0
+    v = np.asarray(values, dtype=np.float32)
+    best_dot = best_line = 0.0
+    for scale in scales_mm:
+        sigma = scale / sp
+        hess = np.empty((len(where[0]), 3, 3), dtype=np.float32)
+        for a in range(3):
+            for b in range(a, 3):
+                order = [0, 0, 0]
+                order[a] += 1
+                order[b] += 1
+                d2 = ndimage.gaussian_filter(v, sigma, order=order, mode="nearest")[where] / (sp[a] * sp[b])
+                hess[:, a, b] = hess[:, b, a] = d2
+        ev = np.linalg.eigvalsh(hess)
+        ev = np.take_along_axis(ev, np.argsort(-np.abs(ev), axis=1), axis=1)
+        l1, l2, l3 = ev[:, 0], ev[:, 1], ev[:, 2]
+        a1 = np.maximum(np.abs(l1), 1e-12)
+        dot = np.where((l1 < 0) & (l2 < 0) & (l3 < 0), l3**2 / a1, 0.0)
+        line = np.where((l1 < 0) & (l2 < 0), np.abs(l2) * (np.abs(l2) - np.abs(l3)) / a1, 0.0)
+        best_dot = max(best_dot, float(dot.max()) * scale**2)
+        best_line = max(best_line, float(line.max()) * scale**2)
+    total = best_dot + best_line
+    return best_dot / total if total > 0 else 0.0
 
 
 def component_features(
@@ -74,6 +124,7 @@ def component_features(
     probability: np.ndarray | None = None,
     image: np.ndarray | None = None,
     lung_mask: np.ndarray | None = None,
+    shape_measures: bool = True,
 ) -> list[dict[str, Any]]:
     """One feature dict per label 1..N of ``labels`` (cc3d statistics plus per-box measures).
 
@@ -81,7 +132,8 @@ def component_features(
     centroid_ijk, extent_mm, elongation, flatness, and where inputs are given mean_probability,
     max_probability, mean_hu, std_hu, shell_dense (fraction of the one-voxel outer shell above
     ``DENSE_HU``), lung_overlap (fraction of voxels in the lung mask), lung_contact (fraction of
-    the outer shell lying in the lung mask), centre_in_lung.
+    the outer shell lying in the lung mask), centre_in_lung; with ``shape_measures`` also
+    prob_blobness and hu_blobness (see :func:`add_shape_measures`).
     """
     sp = tuple(float(s) for s in spacing)
     voxel_mm3 = float(np.prod(sp))
@@ -131,7 +183,35 @@ def component_features(
             ci = tuple(int(round(c)) for c in centroid)
             f["centre_in_lung"] = bool(lung_mask[ci] > 0)
         feats.append(f)
+    if shape_measures:
+        add_shape_measures(feats, labels, sp, probability, image)
     return feats
+
+
+#: candidate features that :func:`add_shape_measures` computes (not in every feature dict)
+SHAPE_MEASURES = ("prob_blobness", "hu_blobness")
+
+
+def add_shape_measures(
+    feats: list[dict[str, Any]],
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    probability: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+) -> None:
+    """Add ``prob_blobness`` / ``hu_blobness`` (:func:`blobness` of the probabilities / the HU
+    image around each component) to feature dicts of ``labels`` in place. A few Gaussian filters
+    per component, so it runs on candidates only, after the size and lung filters."""
+    sp = tuple(float(s) for s in spacing)
+    margin = tuple(int(np.ceil(BLOB_MARGIN_MM / s)) for s in sp)
+    for f in feats:
+        bbox = tuple(slice(a, b) for a, b in f["bbox"])
+        wide = _box(bbox, labels.shape, pad=margin)
+        inside = labels[wide] == f["label"]
+        if probability is not None:
+            f["prob_blobness"] = blobness(probability[wide], inside, sp)
+        if image is not None:
+            f["hu_blobness"] = blobness(image[wide], inside, sp)
 
 
 def in_lung(feature: dict[str, Any]) -> bool:
@@ -176,11 +256,18 @@ def filter_components(
     if filt.connectivity not in (6, 18, 26):
         raise ValueError(f"connectivity must be 6, 18 or 26, not {filt.connectivity}")
     labels = cc3d.connected_components(mask.astype(bool, copy=False), connectivity=filt.connectivity)
-    feats = component_features(labels, spacing, probability, image, lung_mask)
+    feats = component_features(labels, spacing, probability, image, lung_mask, shape_measures=False)
+    has_lung = lung_mask is not None
+    # the shape measures cost a few filters per component: only for candidates that pass the
+    # size/lung/vessel filters, and only when the classifier uses them
+    if filt.classifier is not None and set(SHAPE_MEASURES) & set(filt.classifier.features):
+        unscored = replace(filt, min_confidence=0.0)
+        add_shape_measures([f for f in feats if removal_reason(f, unscored, has_lung) is None],
+                           labels, spacing, probability, image)
     kept, removed = [], []
     for f in feats:
         f["confidence"] = confidence(f, filt.classifier)
-        reason = removal_reason(f, filt, lung_mask is not None)
+        reason = removal_reason(f, filt, has_lung)
         if reason:
             removed.append({**f, "label": 0, "removed": reason})
         else:
