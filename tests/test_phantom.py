@@ -225,3 +225,26 @@ def test_committed_sample_is_consistent():
         ijk = np.rint(ct.world_to_index(np.array(n["centre_lps_mm"]))).astype(int)
         assert nod.array[tuple(ijk)] == n["id"]
         assert lungs.array[tuple(ijk)] == 1
+
+
+def test_subsolid_nodule_set_and_seed_step(tmp_path):
+    from medseg.data.phantom import subsolid_nodules
+
+    specs = subsolid_nodules(7)
+    assert specs == subsolid_nodules(7) and specs != subsolid_nodules(8)
+    kinds = [s.kind for s in specs]
+    assert kinds.count("ground-glass") == 4 and kinds.count("part-solid") == 2
+    assert sum(s.diameter_mm <= 12.0 for s in specs) == 6 and all(4.5 <= s.diameter_mm <= 22.0 for s in specs)
+
+    spec = importlib.util.spec_from_file_location("generate", REPO / "sample_data" / "generate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # a small field of view cannot hold all eight: the script places as many as fit, in order
+    rc = mod.main(["--out", str(tmp_path), "--count", "2", "--seed", "20", "--seed-step", "3", "--nodules", "subsolid",
+                   "--shape", "96", "96", "40", "--spacing", "3", "3", "6", "--quiet"])
+    assert rc == 0
+    info = json.loads((tmp_path / "chest_phantom_02.json").read_text())
+    assert info["seed"] == 23
+    want = subsolid_nodules(23)
+    got = [(n["kind"], n["location"], n["nominal_diameter_mm"]) for n in info["nodules"]]
+    assert got and got == [(s.kind, s.location, s.diameter_mm) for s in want[: len(got)]]

@@ -73,6 +73,24 @@ class NoduleSpec:
             raise ValueError(f"nodule diameter_mm must be within 1-40 mm, got {self.diameter_mm}")
 
 
+def subsolid_nodules(seed: int, count: int = 8) -> list[NoduleSpec]:
+    """A nodule list weighted to what models miss: half ground-glass, a quarter part-solid, most
+    of them small (4.5-12 mm; the last quarter 12-22 mm), locations at random.
+
+    The default random set (``make_phantom(nodules=None)``) is half solid with sizes up to 30 mm;
+    whole-scan training on it sees few small subsolid nodules. Deterministic in ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    kinds = ("ground-glass", "ground-glass", "part-solid", "solid")
+    specs = []
+    for i in range(count):
+        location = LOCATIONS[int(rng.integers(len(LOCATIONS)))]
+        small = i < count - count // 4
+        diameter = float(np.round(rng.uniform(4.5, 12.0) if small else rng.uniform(12.0, 22.0), 1))
+        specs.append(NoduleSpec(kinds[i % 4], location, diameter))
+    return specs
+
+
 @dataclass
 class Phantom:
     """A synthetic chest CT with its ground truth, all on one voxel grid.
