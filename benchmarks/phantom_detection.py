@@ -14,11 +14,16 @@ confidence (the model's candidate classifier, else its mean probability), by its
 peak probability, with the best confidence cut for <= 1 FP/scan.
 The pipeline runs with the cut off and the cut is applied to the candidates afterwards: it is a
 per-component filter, so this equals running with it. One JSON line with ``--json``.
+
+``--work-dir DIR`` keeps each scan's pipeline outputs under a key of the network weights, the
+phantom geometry and the CRF switch, and reuses them: the candidate classifier and the cut change no mask, so refitting the
+false-positive stage of the same weights (``medseg train-fp``) is re-scored in seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-crf", action="store_true", help="postprocess without the CRF")
     ap.add_argument("--min-confidence", type=float, default=None,
                     help="confidence cut to report (default: the model's plan)")
+    ap.add_argument("--work-dir", type=Path, default=None,
+                    help="keep and reuse each scan's outputs (keyed by the network weights and --no-crf)")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     ap.add_argument("--candidates-out", type=Path, default=None,
                     help="also write every candidate (seed, confidence, mean, peak, hits) as JSON, to study cuts")
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.evaluation.froc import froc
     from medseg.inference.pipeline import InferenceSettings, Segmenter
     from medseg.io import read_volume, write_volume
+    from medseg.models import load_checkpoint_dict
+    from medseg.models.checkpoint import BUNDLED_MODEL
     from medseg.postprocess.candidates import CandidateClassifier, confidence
     from medseg.training.fp_reduction import scan_candidates
 
@@ -81,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     scans, cands = [], []
     n_big = 0
     t_all = time.perf_counter()
+    cache = None
+    if args.work_dir is not None:
+        state = load_checkpoint_dict(args.model or BUNDLED_MODEL)["state_dict"]
+        h = hashlib.sha256(json.dumps([list(args.shape), list(args.spacing)]).encode())
+        for name in sorted(state):
+            h.update(name.encode())
+            h.update(state[name].cpu().numpy().tobytes())
+        cache = args.work_dir / f"{h.hexdigest()[:16]}-{'nocrf' if args.no_crf else 'crf'}"
     with tempfile.TemporaryDirectory(prefix="medseg-detect-") as work:
         for n in range(args.count):
             seed = args.seed + n
@@ -93,11 +110,18 @@ def main(argv: list[str] | None = None) -> int:
             spacing = tuple(float(s) for s in ph.ct.spacing)
             del ph
             t = time.perf_counter()
-            res = seg.run(ct, Path(work) / "out", case_name=f"ph{seed}")
+            out_dir = Path(work) / "out" if cache is None else cache / f"ph{seed}"
+            files = {k: out_dir / f"ph{seed}_{k}.nii.gz" for k in ("nodules", "probabilities", "lungs")}
+            cached = cache is not None and (out_dir / "complete").is_file()
+            if not cached:
+                res = seg.run(ct, out_dir, case_name=f"ph{seed}")
+                files = {k: Path(res.outputs[k]) for k in files}
+                if cache is not None:
+                    (out_dir / "complete").write_text("")  # written last: the outputs are whole
             seconds = time.perf_counter() - t
-            pred = read_volume(res.outputs["nodules"]).array
-            prob = read_volume(res.outputs["probabilities"]).array
-            lungs = read_volume(res.outputs["lungs"]).array
+            pred = read_volume(files["nodules"]).array
+            prob = read_volume(files["probabilities"]).array
+            lungs = read_volume(files["lungs"]).array
             # every kept component with the features the pipeline scored it by, and the nodules it hits
             feats = scan_candidates(pred, truth, spacing, prob, image, lungs)
             del image, prob, lungs
@@ -115,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             scans.append({"seed": seed, "nodules_ge_min": len(big), "found": at["found"],
                           "false_positives": at["false_positives"],
                           "candidates_fp": sum(not c["hits"] for c in mine), "missed": missed,
-                          "seconds": round(seconds, 1)})
+                          "seconds": round(seconds, 1), "cached": cached})
             fp = at["false_positives"]
             if not args.json:
                 print(f"seed {seed}: {scans[-1]['found']}/{len(big)} nodules >= {args.min_mm:g} mm found, "
