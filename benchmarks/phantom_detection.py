@@ -16,8 +16,9 @@ The pipeline runs with the cut off and the cut is applied to the candidates afte
 per-component filter, so this equals running with it. One JSON line with ``--json``.
 
 ``--work-dir DIR`` keeps each scan's pipeline outputs under a key of the network weights, the
-phantom geometry and the CRF switch, and reuses them: the candidate classifier and the cut change no mask, so refitting the
-false-positive stage of the same weights (``medseg train-fp``) is re-scored in seconds.
+plan (less its candidate classifier and cut), the phantom geometry and the CRF switch, and reuses
+them: the classifier and the cut change no mask, so a refitted false-positive stage of the same
+weights (``medseg train-fp``) is re-scored in seconds.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-confidence", type=float, default=None,
                     help="confidence cut to report (default: the model's plan)")
     ap.add_argument("--work-dir", type=Path, default=None,
-                    help="keep and reuse each scan's outputs (keyed by the network weights and --no-crf)")
+                    help="keep and reuse each scan's outputs (keyed by the weights, the plan less its "
+                         "classifier and cut, the geometry and --no-crf)")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     ap.add_argument("--candidates-out", type=Path, default=None,
                     help="also write every candidate (seed, confidence, mean, peak, hits) as JSON, to study cuts")
@@ -92,8 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     cache = None
     if args.work_dir is not None:
-        state = load_checkpoint_dict(args.model or BUNDLED_MODEL)["state_dict"]
-        h = hashlib.sha256(json.dumps([list(args.shape), list(args.spacing)]).encode())
+        payload = load_checkpoint_dict(args.model or BUNDLED_MODEL)
+        # what shapes the masks: weights, plan (overlap, threshold, spacing...) and geometry; not
+        # the classifier or the cut, which only score the components afterwards
+        plan = {**payload["plan"], "inference": {k: v for k, v in (payload["plan"].get("inference") or {}).items()
+                                                 if k not in ("candidate_classifier", "min_confidence")}}
+        h = hashlib.sha256(json.dumps([plan, list(args.shape), list(args.spacing)], sort_keys=True,
+                                      default=str).encode())
+        state = payload["state_dict"]
         for name in sorted(state):
             h.update(name.encode())
             h.update(state[name].cpu().numpy().tobytes())
