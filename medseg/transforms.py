@@ -218,6 +218,7 @@ def train_transforms(plan: Plan, task: dict | None = None):  # noqa: ANN201
         RandRotate90d,
         RandScaleIntensityd,
         RandShiftIntensityd,
+        RandSimulateLowResolutiond,
     )
 
     task = task or {}
@@ -265,6 +266,11 @@ def train_transforms(plan: Plan, task: dict | None = None):  # noqa: ANN201
         xs.append(RandGaussianNoised("image", prob=float(aug["noise"]), std=0.05))
     if aug.get("contrast", 0):
         xs.append(RandAdjustContrastd("image", prob=float(aug["contrast"]), gamma=(0.7, 1.5)))
+    if aug.get("low_resolution", 0):
+        # nnU-Net's low-resolution simulation: the image (never the label) is shrunk by a random
+        # zoom and blown back up, so the network sees the blur of coarser scans than its spacing.
+        zoom = tuple(float(z) for z in aug.get("low_resolution_zoom", (0.5, 1.0)))
+        xs.append(RandSimulateLowResolutiond("image", prob=float(aug["low_resolution"]), zoom_range=zoom))
     return Compose(xs)
 
 

@@ -264,3 +264,31 @@ def test_lesion_balanced_indices_leave_one_lesion_and_empty_lists_alone():
     assert np.array_equal(out["idx"][1], fg)
     empty = tf({"label": torch.zeros_like(label), "idx": [np.array([0, 1]), np.array([], dtype=np.int64)]})
     assert empty["idx"][1].size == 0
+
+
+def test_low_resolution_augmentation_blurs_the_image_and_leaves_the_label(tmp_path):
+    """`augmentation.low_resolution`: the image is shrunk and blown back up (a coarser scan's blur),
+    the mask stays exact; off (the default for older task files) the patch is untouched."""
+    from medseg.plan import IntensityPlan, Plan
+    from medseg.transforms import train_transforms
+
+    shape = (16, 16, 16)
+    ct = np.where(np.indices(shape).sum(0) % 2 == 0, 200, -800).astype(np.int16)  # finest detail
+    label = _sphere(shape, centre=(8, 8, 8), r=4)
+    _write(tmp_path / "image" / "c.nii.gz", ct)
+    _write(tmp_path / "mask" / "c.nii.gz", label)
+    plan = Plan(spacing=(1.0, 1.0, 1.0), patch_size=shape,
+                intensity=IntensityPlan(clip=(-1000.0, 1000.0), mean=0.0, std=1000.0))
+    item = {"image": str(tmp_path / "image" / "c.nii.gz"), "label": str(tmp_path / "mask" / "c.nii.gz")}
+    plain_task = {"sampling": {"neg": 0, "pos": 1, "hard_negative": {"ratio": 0}}, "augmentation": {}}
+    low_task = {**plain_task, "augmentation": {"low_resolution": 1.0, "low_resolution_zoom": [0.5, 0.5]}}
+
+    (plain,) = train_transforms(plan, plain_task)(item)
+    (low,) = train_transforms(plan, low_task)(item)
+    sharp, blurred = np.asarray(plain["image"][0]), np.asarray(low["image"][0])
+    assert blurred.shape == sharp.shape
+    # a voxel checkerboard: full contrast when sharp, all but gone once halved and restored
+    assert np.std(sharp) == pytest.approx(0.5, abs=0.01)
+    assert np.std(np.diff(blurred, axis=0)) < 0.5 * np.std(np.diff(sharp, axis=0))
+    assert np.array_equal(np.asarray(low["label"][0]), np.asarray(plain["label"][0]))
+    assert np.asarray(low["label"][0]).sum() == label.sum()
