@@ -47,29 +47,34 @@ def threshold_baseline(hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
     return labels == nearest
 
 
+def _slab_matrix(n_fine: int, step: float) -> np.ndarray:
+    """(n_coarse, n_fine) weights: each coarse voxel averages the fine voxels it overlaps, by overlap."""
+    n_coarse = max(1, int(round(n_fine / step)))
+    centre = (step - 1.0) / 2.0 + step * np.arange(n_coarse)  # in fine index units
+    x = np.arange(n_fine, dtype=float)
+    lo = np.maximum(x[None, :] - 0.5, centre[:, None] - step / 2.0)
+    hi = np.minimum(x[None, :] + 0.5, centre[:, None] + step / 2.0)
+    w = np.clip(hi - lo, 0.0, None)
+    return w / w.sum(axis=1, keepdims=True)  # a last voxel past the grid's end averages what is there
+
+
 def coarsen(volume, spacing: tuple[float, float, float], binary: bool = False):  # noqa: ANN001, ANN201
     """``volume`` as a scanner with coarser voxels would have recorded it.
 
-    Each axis finer than ``spacing`` is blurred to that voxel's width (a Gaussian whose FWHM makes
-    up the difference, the slice-profile model) and resampled at the coarse voxel centres over the
-    same extent. Axes already as coarse are left alone. A binary mask is blurred the same way and
-    cut at 0.5: a coarse voxel is nodule when the nodule fills at least half of it, the rule a
+    Each axis finer than ``spacing`` is averaged over the coarse voxels' widths (the slab a thick
+    slice integrates), coarse voxels tiling the same extent from the first fine voxel's edge; axes
+    already as coarse are left alone. A binary mask is averaged the same way and cut at 0.5: a
+    coarse voxel is nodule when the nodule fills at least half of it, the partial-volume rule a
     reader applies on a thick slice.
     """
-    from scipy import ndimage
-
     src = np.asarray(volume.spacing, float)
     dst = np.maximum(src, np.asarray(spacing, float))
-    data = np.asarray(volume.array, np.float32)
-    sigma = np.sqrt(np.maximum(dst**2 - src**2, 0.0)) / 2.3548 / src
-    data = ndimage.gaussian_filter(data, sigma, mode="nearest")
+    out = np.asarray(volume.array, np.float32)
     step = dst / src
-    shape = np.maximum(1, np.round(np.array(data.shape) * src / dst)).astype(int)
-    first = (step - 1.0) / 2.0  # old index of the first coarse voxel centre
-    axes = [first[a] + step[a] * np.arange(shape[a]) for a in range(3)]
-    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
-    out = ndimage.map_coordinates(data, coords, order=1, mode="nearest")
-    out = (out >= 0.5).astype(np.uint8) if binary else out
+    for a in range(3):
+        out = np.moveaxis(np.tensordot(_slab_matrix(out.shape[a], step[a]), out, axes=(1, a)), 0, a)
+    out = (out >= 0.5).astype(np.uint8) if binary else out.astype(np.float32)
+    first = (step - 1.0) / 2.0  # fine index of the first coarse voxel centre
     origin = np.asarray(volume.origin) + volume.direction @ (src * first)
     return volume.with_array(out, spacing=tuple(dst), origin=tuple(origin))
 
