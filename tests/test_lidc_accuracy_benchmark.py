@@ -45,9 +45,10 @@ def test_coarsen_keeps_nodule_volume_centre_and_extent_in_world_mm(flip):
     got = coarse_mask.index_to_world(np.argwhere(coarse_mask.array > 0).mean(0)[None])[0]
     assert np.allclose(got, centre, atol=0.3)
     # the grid spans the same world box: first and last voxel edges agree with the fine grid's
-    lo_fine = image.index_to_world(np.array([[-0.5, -0.5, -0.5]]))[0]
-    lo_coarse = coarse_image.index_to_world(np.array([[-0.5, -0.5, -0.5]]))[0]
-    assert np.allclose(lo_fine, lo_coarse, atol=1e-6)
+    for fine_edge, coarse_edge in (([-0.5] * 3, [-0.5] * 3), (np.array(shape) - 0.5, np.array((32, 32, 20)) - 0.5)):
+        fine_world = image.index_to_world(np.array([fine_edge], float))[0]
+        coarse_world = coarse_image.index_to_world(np.array([coarse_edge], float))[0]
+        assert np.allclose(fine_world, coarse_world, atol=1e-6)
     # blurred, not re-scaled: HU of the nodule core and of the lung stay where they were
     assert coarse_image.array.max() == pytest.approx(40.0, abs=1.0)
     assert coarse_image.array.min() == pytest.approx(-850.0, abs=1.0)

@@ -147,10 +147,9 @@ def test_init_weights_fine_tunes_from_a_trained_model_with_its_plan(data, tmp_pa
 
     from medseg.models import load_checkpoint_dict
     from medseg.postprocess import CandidateClassifier
-
-    payload = load_checkpoint_dict(src / "best.pt")
     from medseg.postprocess.candidates import DEFAULT_FEATURES
 
+    payload = load_checkpoint_dict(src / "best.pt")
     n = len(DEFAULT_FEATURES)
     clf = CandidateClassifier(mean=[0.0] * n, scale=[1.0] * n, coef=[1.0] * n)
     payload["plan"]["inference"].update(candidate_classifier=clf.to_dict(), min_confidence=0.7)
