@@ -54,6 +54,18 @@ class InferencePlan:
     #: the candidate classifier fitted for these weights (``medseg train-fp``; a dict of
     #: :class:`medseg.postprocess.CandidateClassifier`), or None: confidence = mean probability
     candidate_classifier: dict | None = None
+    #: masses (30-100 mm): the network run again on a grid this many times coarser over the lung
+    #: field (0 = off); see :mod:`medseg.inference.masses`
+    mass_scale: float = 2.0
+    #: a coarse component is a mass from this equivalent diameter (mm) ...
+    mass_min_diameter_mm: float = 30.0
+    #: ... when this share of its outer shell lies in the lung (the heart and aorta border less)
+    mass_min_lung_contact: float = 0.6
+    #: ... and it is compact: this share of its convex hull filled (a vessel tree is not)
+    mass_min_solidity: float = 0.5
+    #: its edge is refined by growing it this far (mm) into tissue above ``mass_grow_hu``
+    mass_grow_mm: float = 4.0
+    mass_grow_hu: float = -300.0
 
 
 @dataclass

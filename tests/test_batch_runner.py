@@ -23,6 +23,8 @@ from medseg.io import Volume, read_volume, write_mask, write_volume
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = ("Doe", "Jane", "SECRET123")
+#: voxel size of the test chests: their lungs then hold ~200 mL, a plausible (partial) lung
+CHEST_SPACING = (4.0, 4.0, 4.0)
 
 
 def chest(seed: int, shape=(32, 32, 16)) -> np.ndarray:
@@ -59,13 +61,13 @@ def make_inputs(root: Path, n_good: int = 2) -> dict[str, str]:
     expected = {}
     for n in range(n_good):
         sub = root / ("nested" if n % 2 else "") / f"scan{n}.nii.gz"
-        write_volume(Volume(chest(n), spacing=(1.5, 1.5, 2.0)), sub)
+        write_volume(Volume(chest(n), spacing=CHEST_SPACING), sub)
         expected[("nested__" if n % 2 else "") + f"scan{n}"] = "done"
-    write_ct_series(root / "dicom" / "series_a", chest(7), spacing=(1.5, 1.5, 2.0),
+    write_ct_series(root / "dicom" / "series_a", chest(7), spacing=CHEST_SPACING,
                     patient_name="Doe^Jane", patient_id="SECRET123")
     expected["dicom__series_a"] = "done"
     good = root / "bad" / "truncated.nii.gz"
-    write_volume(Volume(chest(9), spacing=(1.5, 1.5, 2.0)), good)
+    write_volume(Volume(chest(9), spacing=CHEST_SPACING), good)
     good.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     expected["bad__truncated"] = "failed"
     (root / "empty_series").mkdir()
@@ -124,13 +126,13 @@ def test_good_done_bad_failed_inputs_untouched_no_identifiers(tmp_path, tiny_mod
 def test_resume_skips_finished_cases_and_redoes_changed_inputs(tmp_path, tiny_model):
     inp, out = tmp_path / "in", tmp_path / "out"
     for n in range(3):
-        write_volume(Volume(chest(n), spacing=(1.5, 1.5, 2.0)), inp / f"s{n}.nii.gz")
+        write_volume(Volume(chest(n), spacing=CHEST_SPACING), inp / f"s{n}.nii.gz")
     first = run_batch(inp, out, workers=0, model=str(tiny_model), device="cpu", quiet=True)
     assert first.ok and first.n_skipped == 0
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*_nodules.nii.gz")}
     # a leftover of a killed writer and a changed input
     (out / "s0" / ".s0_lungs.partial-123-abcd.nii.gz").write_bytes(b"half")
-    write_volume(Volume(chest(5), spacing=(1.5, 1.5, 2.0)), inp / "s2.nii.gz")
+    write_volume(Volume(chest(5), spacing=CHEST_SPACING), inp / "s2.nii.gz")
     second = run_batch(inp, out, workers=0, model=str(tiny_model), device="cpu", quiet=True)
     assert second.ok and second.n_skipped == 2
     changed = {p for p, t in mtimes.items() if p.stat().st_mtime_ns != t}
@@ -168,8 +170,8 @@ def test_dask_local_cluster_matches_local_worker_process(tmp_path, tiny_model):
 
 def test_manifest_input_with_case_ids(tmp_path, tiny_model):
     data = tmp_path / "data"
-    write_volume(Volume(chest(1), spacing=(1.5, 1.5, 2.0)), data / "a.nii.gz")
-    write_ct_series(data / "ct", chest(2), spacing=(1.5, 1.5, 2.0))
+    write_volume(Volume(chest(1), spacing=CHEST_SPACING), data / "a.nii.gz")
+    write_ct_series(data / "ct", chest(2), spacing=CHEST_SPACING)
     manifest = tmp_path / "cohort.csv"
     manifest.write_text("path,case_id\ndata/a.nii.gz,P1\ndata/ct,P2\ndata/gone.nii.gz,P3\n")
     summary = run_batch(manifest, tmp_path / "out", workers=0, model=str(tiny_model), device="cpu", quiet=True)
@@ -205,7 +207,7 @@ def test_kill_9_then_rerun_every_case_done_exactly_once(tmp_path, tiny_model):
     inp, out = tmp_path / "in", tmp_path / "out"
     n = 6
     for i in range(n):
-        write_volume(Volume(chest(i), spacing=(1.5, 1.5, 2.0)), inp / f"c{i}.nii.gz")
+        write_volume(Volume(chest(i), spacing=CHEST_SPACING), inp / f"c{i}.nii.gz")
     before = hashes(inp)
     cmd = [sys.executable, "-m", "medseg", "batch", str(inp), "-o", str(out), "--workers", "1",
            "--model", str(tiny_model), "--device", "cpu", "--quiet"]
@@ -242,7 +244,7 @@ def test_cli_pipeline_file_exit_codes_and_repeat(tmp_path, tiny_model, capsys):
     from medseg.cli import main
 
     inp, out = tmp_path / "in", tmp_path / "out"
-    write_volume(Volume(chest(3), spacing=(1.5, 1.5, 2.0)), inp / "ok.nii.gz")
+    write_volume(Volume(chest(3), spacing=CHEST_SPACING), inp / "ok.nii.gz")
     pipe = tmp_path / "p.yaml"
     pipe.write_text(f"input: {inp}\noutput: {out}\ninference:\n  model: {tiny_model}\n  device: cpu\n"
                     "  preview: false\nexecution:\n  workers: 3\n")
@@ -261,10 +263,10 @@ def test_two_ct_series_sharing_a_folder_are_segmented_separately(tmp_path, tiny_
     import medseg.api
 
     folder = tmp_path / "in" / "study"
-    write_ct_series(folder, chest(1), spacing=(1.5, 1.5, 2.0), series_uid="1.2.826.0.1.1")
+    write_ct_series(folder, chest(1), spacing=CHEST_SPACING, series_uid="1.2.826.0.1.1")
     for p in folder.iterdir():
         p.rename(p.with_name("a" + p.name))
-    write_ct_series(folder, chest(2, (32, 32, 12)), spacing=(1.5, 1.5, 2.0), series_uid="1.2.826.0.1.2")
+    write_ct_series(folder, chest(2, (32, 32, 12)), spacing=CHEST_SPACING, series_uid="1.2.826.0.1.2")
     before = hashes(tmp_path / "in")
     summary = medseg.api.batch(tmp_path / "in", tmp_path / "out", workers=0, model=str(tiny_model),
                                device="cpu", quiet=True)

@@ -83,6 +83,8 @@ def phantoms(tmp_path_factory):
 
 
 def oracle_segmenter(ckpt: Path, **kw) -> Segmenter:
+    # the coarse mass pass is tested on its own (test_masses.py): an HU threshold has no notion of scale
+    kw.setdefault("masses", False)
     seg = Segmenter(InferenceSettings(model=str(ckpt), device="cpu", quiet=True, **kw))
     seg.predictor.model = HUOracle()
     return seg
@@ -97,9 +99,9 @@ def test_every_nodule_found_on_the_input_grid(tiny_ckpt, phantoms, tmp_path, ori
     masks = {k: read_volume(res.outputs[k]) for k in ("nodules", "lungs")}
     for vol in masks.values():
         assert vol.same_grid(src), "outputs must lie on the exact input grid"
-    # the written lung mask (rebuilt from its ROI part after inference) is the computed one, whole
-    np.testing.assert_array_equal(masks["lungs"].array > 0, compute_lung_mask(src).mask > 0)
     labels = masks["nodules"].array
+    # the written lung mask is the computed one, whole, with the found lesions inside
+    np.testing.assert_array_equal(masks["lungs"].array > 0, (compute_lung_mask(src).mask > 0) | (labels > 0))
     assert labels.dtype == np.uint16 and labels.max() == res.n_nodules
     truth = ph.nodules.array
     report = json.loads(Path(res.outputs["report"]).read_text())
@@ -128,8 +130,8 @@ def test_every_nodule_found_on_the_input_grid(tiny_ckpt, phantoms, tmp_path, ori
 
 def test_ras_and_lps_inputs_give_the_same_probabilities_in_world(tiny_ckpt, phantoms) -> None:
     seg = oracle_segmenter(tiny_ckpt)
-    p_lps = seg.predict_probabilities(read_volume(phantoms["LPS"][0]))
-    p_ras = seg.predict_probabilities(read_volume(phantoms["RAS"][0]))
+    p_lps = seg.segment(read_volume(phantoms["LPS"][0]), keep_probabilities=True).probability_full()
+    p_ras = seg.segment(read_volume(phantoms["RAS"][0]), keep_probabilities=True).probability_full()
     assert p_lps.dtype == np.float32 and p_lps.shape == phantoms["LPS"][1].ct.shape
     # the RAS phantom is the LPS one with i and j flipped
     np.testing.assert_allclose(p_ras[::-1, ::-1, :], p_lps, atol=1e-5)
@@ -162,7 +164,7 @@ def monai_whole_volume(seg: Segmenter, vol) -> np.ndarray:
 def test_roi_pipeline_equals_whole_volume_monai_inside_lung(tiny_ckpt, phantoms) -> None:
     seg = Segmenter(model=str(tiny_ckpt), device="cpu", quiet=True)  # the real (random) network
     vol = read_volume(phantoms["LPS"][0])
-    mask = seg.lung_mask(vol)[0]
+    mask = seg.lung_mask(vol).mask
     roi = seg.predictor.predict_roi(vol, mask)
     assert roi.stats["windows_run"] < seg.predictor.count_windows(vol, None), "windows were skipped"
     ours = roi.full(vol.shape)
@@ -190,17 +192,33 @@ def test_dicom_series_input_writes_seg_on_grid(tiny_ckpt, phantoms, tmp_path) ->
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == src.meta["series_uid"]
 
 
-def test_not_ct_and_no_lung_give_zero_nodules_and_a_warning(tiny_ckpt, shared_data, tmp_path) -> None:
+def test_not_ct_and_no_lung_are_reported_as_such_never_as_zero_nodules(tiny_ckpt, shared_data, tmp_path) -> None:
     results = infer(
         [shared_data / "real_mr" / "abdomen_mr_3mm.nii.gz", shared_data / "real_ct" / "abdomen_dicom_jpeg2000"],
         tmp_path, model=str(tiny_ckpt), device="cpu", quiet=True,
     )
     mr, abdomen = results
-    assert mr.n_nodules == 0 and any("CT" in w for w in mr.warnings)
-    assert abdomen.n_nodules == 0 and any("no lung" in w for w in abdomen.warnings)
+    assert any("CT" in w for w in mr.warnings)
+    assert any("no plausible lung" in w for w in abdomen.warnings)
     for r in results:
-        assert read_volume(r.outputs["nodules"]).array.max() == 0
-        assert json.loads(Path(r.outputs["report"]).read_text())["warnings"] == r.warnings
+        assert r.status == "no_lung" and r.n_nodules is None
+        assert "nodules" not in r.outputs and "csv" not in r.outputs, "no nodule file that reads as 0 nodules"
+        report = json.loads(Path(r.outputs["report"]).read_text())
+        assert report["status"] == "no_lung" and report["n_nodules"] is None
+        assert report["warnings"] == r.warnings
+
+
+def test_no_lung_cli_exit_code_and_body_search_fallback(tiny_ckpt, shared_data, tmp_path, capsys) -> None:
+    from medseg.cli.infer import EXIT_NO_LUNG
+
+    scan = str(shared_data / "real_ct" / "abdomen_dicom_jpeg2000")
+    base = ["infer", scan, "--model", str(tiny_ckpt), "--device", "cpu", "--no-preview", "--quiet"]
+    assert cli_main([*base, "-o", str(tmp_path / "a")]) == EXIT_NO_LUNG
+    assert "NO PLAUSIBLE LUNG" in capsys.readouterr().out  # said even with --quiet
+    assert cli_main([*base, "-o", str(tmp_path / "b"), "--on-no-lung", "search_body"]) == 0
+    report = json.loads((tmp_path / "b" / "abdomen_dicom_jpeg2000_report.json").read_text())
+    assert report["status"] == "body_search" and report["n_nodules"] is not None
+    assert any("whole image was searched" in w for w in report["warnings"])
 
 
 def test_lung_bases_only_runs_and_warns(tiny_ckpt, shared_data, tmp_path) -> None:
@@ -279,7 +297,7 @@ def test_min_confidence_from_the_plan_cuts_whole_scan_candidates_only(tiny_ckpt,
     path, ph = phantoms["LPS"]
     seg = oracle_segmenter(tiny_ckpt, preview=False)
     seg.plan.inference.min_confidence = 0.999  # above every oracle component's mean probability
-    assert seg._postprocess_settings().min_confidence == 0.999
+    assert seg.postprocess_settings(whole_scan=True).min_confidence == 0.999
     res = seg.run(path, tmp_path / "cut")
     assert res.n_nodules == 0 and json.loads(Path(res.outputs["report"]).read_text())["model"]["min_confidence"] == 0.999
     keep = oracle_segmenter(tiny_ckpt, preview=False, min_confidence=0.0)  # the user's override wins
@@ -287,4 +305,4 @@ def test_min_confidence_from_the_plan_cuts_whole_scan_candidates_only(tiny_ckpt,
     assert keep.run(path, tmp_path / "all").n_nodules >= len(ph.info["nodules"])
     crop = oracle_segmenter(tiny_ckpt, lung_mask=False)
     crop.plan.inference.min_confidence = 0.999
-    assert crop._postprocess_settings().min_confidence == 0.0  # a crop is known to hold its nodule
+    assert crop.postprocess_settings(whole_scan=False).min_confidence == 0.0  # a crop holds its nodule

@@ -62,6 +62,7 @@ class BatchSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     n_done: int = 0
     n_failed: int = 0
+    n_no_lung: int = 0  # CTs with no plausible lung: finished, but no search ran
     n_skipped: int = 0  # finished in an earlier run, not recomputed
     elapsed_s: float = 0.0
     summary_csv: Path | None = None
@@ -114,6 +115,7 @@ def segment_case(case: Case, work_dir: Path, settings: dict[str, Any]) -> dict[s
 
         shutil.rmtree(source, ignore_errors=True)
     return {
+        "status": result.status,
         "n_nodules": result.n_nodules,
         "largest_diameter_mm": result.largest_diameter_mm,
         "nodules": result.nodules,
@@ -147,9 +149,10 @@ def execute_case(case: Case, out_dir: str, settings: dict[str, Any], case_fn: Ca
             os._exit(1)
         final = state.publish(case.case_id, work)
         work = None
+        no_lung = result.get("status") == "no_lung"
         record.update(
-            status="done",
-            n_nodules=int(result.get("n_nodules") or 0),
+            status="no_lung" if no_lung else "done",
+            n_nodules=None if no_lung else int(result.get("n_nodules") or 0),
             largest_diameter_mm=result.get("largest_diameter_mm"),
             nodules=result.get("nodules") or [],
             warnings=[_redact(w, case) for w in result.get("warnings") or []],
@@ -459,16 +462,18 @@ def run_batch(
                 last_write[0] = time.monotonic()
 
         bar = _progress(len(todo), quiet)
-        counts = {"done": 0, "failed": 0}
+        counts = {"done": 0, "no_lung": 0, "failed": 0}
 
         def on_record(record: dict[str, Any]) -> None:
             records[record["case_id"]] = record
             counts[record["status"]] += 1
             if record["status"] == "done":
                 log.info("%s: done, %d nodule(s), %.1f s", record["case_id"], record["n_nodules"], record["runtime_s"])
+            elif record["status"] == "no_lung":
+                log.warning("%s: no plausible lung in this CT: no nodule search was run", record["case_id"])
             else:
                 log.warning("%s: failed: %s", record["case_id"], record["error"])
-            bar.set_postfix(done=counts["done"], failed=counts["failed"], refresh=False)
+            bar.set_postfix(done=counts["done"], no_lung=counts["no_lung"], failed=counts["failed"], refresh=False)
             bar.update(1)
             tables()
 
@@ -495,9 +500,10 @@ def run_batch(
     summary.records = sorted(records.values(), key=lambda r: order.get(r["case_id"], len(order)))
     summary.n_done = sum(r["status"] == "done" for r in summary.records)
     summary.n_failed = sum(r["status"] == "failed" for r in summary.records)
+    summary.n_no_lung = sum(r["status"] == "no_lung" for r in summary.records)
     summary.elapsed_s = time.perf_counter() - start
-    log.info("batch finished: %d done, %d failed, %d resumed, %.1f s", summary.n_done, summary.n_failed,
-             summary.n_skipped, summary.elapsed_s)
+    log.info("batch finished: %d done, %d no lung, %d failed, %d resumed, %.1f s", summary.n_done,
+             summary.n_no_lung, summary.n_failed, summary.n_skipped, summary.elapsed_s)
     return summary
 
 

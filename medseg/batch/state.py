@@ -90,7 +90,8 @@ class BatchState:
 
     # -- per case ----------------------------------------------------------------------------
     def marker(self, case_id: str, status: str = "done") -> Path:
-        return self.dir / f"{case_id}{DONE_SUFFIX if status == 'done' else FAILED_SUFFIX}"
+        """The marker file of a finished (done or no_lung) or failed case."""
+        return self.dir / f"{case_id}{DONE_SUFFIX if status in FINISHED else FAILED_SUFFIX}"
 
     def finished(self, case: Case) -> dict[str, Any] | None:
         """The recorded result of ``case`` if it is done for the input as it is now, else None."""
@@ -131,9 +132,14 @@ class BatchState:
         status = record["status"]
         write_json_atomic(self.marker(record["case_id"], status), record)
         # Only one marker per case: a done case forgets an earlier failure and vice versa.
-        other = self.marker(record["case_id"], "failed" if status == "done" else "done")
+        other = self.marker(record["case_id"], "failed" if status in FINISHED else "done")
         with contextlib.suppress(FileNotFoundError):
             other.unlink()
+
+
+#: statuses of a case that ran to the end: "no_lung" is a CT in which no plausible lung was found,
+#: so no search ran (it is never counted as a case with 0 nodules)
+FINISHED = ("done", "no_lung")
 
 
 def remove_partials(root: str | os.PathLike[str]) -> int:

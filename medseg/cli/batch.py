@@ -37,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         resumed = f", {summary.n_skipped} from an earlier run" if summary.n_skipped else ""
-        print(f"{summary.n_done} done, {summary.n_failed} failed{resumed}: {summary.summary_csv}")
+        no_lung = f", {summary.n_no_lung} with no plausible lung (not searched)" if summary.n_no_lung else ""
+        print(f"{summary.n_done} done{no_lung}, {summary.n_failed} failed{resumed}: {summary.summary_csv}")
     return 0 if summary.ok else 1

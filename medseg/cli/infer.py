@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+#: exit code when a CT held no plausible lung and no search was run (bad input is 2)
+EXIT_NO_LUNG = 3
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="input is a nodule crop, not a whole chest CT: no lung mask, the whole image is searched",
     )
+    p.add_argument("--on-no-lung", choices=["fail", "search_body"], default="fail",
+                   help="a CT with no plausible lung (under 100 mL): 'fail' reports it (status no_lung, "
+                        f"exit code {EXIT_NO_LUNG}, no nodule search; default) or 'search_body' searches the "
+                        "whole image instead and says so")
+    p.add_argument("--no-masses", action="store_true",
+                   help="skip the coarse second pass that finds masses of 30-100 mm")
     p.add_argument("--no-preview", action="store_true", help="do not write the preview PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-case summary")
     p.set_defaults(func=run)
@@ -68,11 +77,18 @@ def run(args: argparse.Namespace) -> int:
         lung_mask=not args.crop_mode,
         preview=not args.no_preview,
         quiet=args.quiet,
+        on_no_lung=args.on_no_lung,
+        masses=not args.no_masses,
     )
-    if not args.quiet:
-        for r in results:
+    for r in results:
+        if r.status == "no_lung":  # always said, --quiet or not: this is not "0 nodules"
+            print(f"{r.case}: NO PLAUSIBLE LUNG in this CT: no nodule search was run -> {r.outputs['report']}")
+        elif not args.quiet:
             size = "" if r.largest_diameter_mm is None else f", largest {r.largest_diameter_mm:.1f} mm"
-            print(f"{r.case}: {r.n_nodules} nodule(s){size} in {r.timings.get('total_s', 0):.1f} s -> {r.outputs['report']}")
+            body = " (no plausible lung: the whole image was searched)" if r.status == "body_search" else ""
+            print(f"{r.case}: {r.n_nodules} nodule(s){size}{body} in {r.timings.get('total_s', 0):.1f} s "
+                  f"-> {r.outputs['report']}")
+        if not args.quiet:
             for w in r.warnings:
                 print(f"  warning: {w}")
-    return 0
+    return EXIT_NO_LUNG if any(r.status == "no_lung" for r in results) else 0

@@ -1,7 +1,10 @@
-"""Whole-scan inference: read -> lung mask -> ROI sliding window -> postprocess -> report.
+"""Whole-scan inference, one path: volume -> lung mask -> network -> postprocess -> measurements.
 
-``Segmenter`` loads the model once and processes many scans (batch workers reuse it);
-``infer()`` is the ``medseg.infer`` Python API the CLI wraps.
+``Segmenter.segment(volume)`` is the one function every consumer calls (``medseg infer``,
+``medseg batch``, ``train-fp`` candidate collection and the benchmarks): it returns a
+:class:`Segmentation` held in memory on the input grid and writes nothing.
+``medseg.report.outputs.write_outputs`` writes one to files; ``Segmenter.run`` does read, segment
+and write for one scan, and ``infer()`` is the ``medseg.infer`` Python API the CLI wraps.
 """
 
 from __future__ import annotations
@@ -17,10 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from medseg.io import Volume, read_volume, write_mask
+from medseg.inference.lung_mask import LungMaskResult
+from medseg.inference.predictor import Predictor, RoiPrediction
+from medseg.io import Volume, as_volume, read_volume
 from medseg.io import case_name as _strip_extension
 
 log = logging.getLogger(__name__)
+
+#: Segmentation.status values
+STATUS_OK = "ok"
+STATUS_NO_LUNG = "no_lung"  # no plausible lung: no search was run (never reported as 0 nodules)
+STATUS_BODY_SEARCH = "body_search"  # no plausible lung: the whole image was searched instead
 
 
 @dataclass
@@ -31,204 +41,229 @@ class InferenceSettings:
     device: str = "auto"  # auto|cpu|cuda
     tta: bool = False
     overlap: float | None = None  # sliding-window overlap; None = the model plan's (0.5)
-    min_confidence: float | None = None  # component mean-probability cut; None = the model plan's
+    min_confidence: float | None = None  # component confidence cut; None = the model plan's
     save_probabilities: bool = False
     lung_mask: bool = True  # False = "crop mode": no lung masking/ROI (for nodule crops)
     crf: bool | None = None  # None = PostprocessSettings default
     dicom_seg: bool = True  # write DICOM SEG for DICOM input
     preview: bool = True
     quiet: bool = False
+    #: a CT with no plausible lung: "fail" (status no_lung, no search) or "search_body"
+    on_no_lung: str = "fail"
+    masses: bool = True  # the coarse mass pass (when the model's plan has one)
+
+
+@dataclass
+class Segmentation:
+    """What one scan gives, in memory and on the input grid."""
+
+    volume: Volume
+    labels: np.ndarray  # uint16 instance labels 1..N (nodules and masses)
+    lungs: np.ndarray | None  # uint8 lung mask with the found lesions inside (None in crop mode)
+    nodules: list[dict[str, Any]]  # one measurement record per label (see medseg.report.measure)
+    status: str = STATUS_OK
+    warnings: list[str] = field(default_factory=list)
+    lung_volume_ml: float | None = None
+    probability: RoiPrediction | None = None  # the fine pass's probabilities (when kept)
+    features: list[dict[str, Any]] = field(default_factory=list)  # every candidate's features
+    stats: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def searched(self) -> bool:
+        """Whether a nodule search ran (False: no plausible lung, nothing is known)."""
+        return self.status != STATUS_NO_LUNG
+
+    def probability_full(self) -> np.ndarray:
+        """The probability map on the whole input grid (zeros where the network did not run)."""
+        if self.probability is None:
+            return np.zeros(self.volume.shape, np.float32)
+        return self.probability.full(self.volume.shape)
 
 
 @dataclass
 class CaseResult:
-    """What one scan produced."""
+    """What one scan produced (files and summary)."""
 
     case: str
     input: str
     outputs: dict[str, str]
     nodules: list[dict]
-    n_nodules: int
+    n_nodules: int | None  # None when no search ran
     largest_diameter_mm: float | None
     warnings: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    status: str = STATUS_OK
 
 
 class Segmenter:
-    """Loads the model once; ``run`` segments one scan and writes its outputs."""
+    """A model loaded once (or a ready ``predictor``); ``segment`` runs it on one volume."""
 
-    def __init__(self, settings: InferenceSettings | None = None, **overrides: Any) -> None:
-        from medseg.inference.predictor import Predictor
-
+    def __init__(self, settings: InferenceSettings | None = None, predictor: Predictor | None = None,
+                 **overrides: Any) -> None:
         self.settings = dataclasses.replace(settings or InferenceSettings(), **overrides)
-        self.predictor = Predictor.from_checkpoint(self.settings.model, self.settings.device, tta=self.settings.tta,
-                                                   overlap=self.settings.overlap)
+        if self.settings.on_no_lung not in ("fail", "search_body"):
+            raise ValueError(f"on_no_lung must be 'fail' or 'search_body', got {self.settings.on_no_lung!r}")
+        self.predictor = predictor or Predictor.from_checkpoint(
+            self.settings.model, self.settings.device, tta=self.settings.tta, overlap=self.settings.overlap)
         self.plan = self.predictor.plan
 
     # ----------------------------------------------------------------- pieces
-    def lung_mask(self, volume: Volume) -> tuple[np.ndarray | None, float | None, list[str]]:
-        """Lung mask (None in crop mode), its volume (mL) and warnings."""
-        from medseg.inference.lung_mask import compute_lung_mask, ct_warning
+    def lung_mask(self, volume: Volume) -> LungMaskResult | None:
+        """The lung mask and field (None in crop mode)."""
+        from medseg.inference.lung_mask import compute_lung_mask
 
-        if not self.settings.lung_mask:
-            note = ct_warning(volume)
-            return None, None, [note] if note else []
-        res = compute_lung_mask(volume)
-        return res.mask, res.volume_ml, list(res.warnings)
+        return compute_lung_mask(volume) if self.settings.lung_mask else None
 
-    def predict_probabilities(self, volume: Volume) -> np.ndarray:
-        """float32 nodule probability on the volume's own grid (honours ``settings.lung_mask``)."""
-        mask, _, _ = self.lung_mask(volume)
-        if mask is not None and not mask.any():
-            return np.zeros(volume.shape, np.float32)
-        return self.predictor.predict_roi(volume, mask).full(volume.shape)
-
-    def _postprocess_settings(self):
-        from medseg.postprocess import PostprocessSettings
+    def postprocess_settings(self, whole_scan: bool):
+        """How this model's probabilities become instances (detection cuts on whole scans only)."""
+        from medseg.postprocess import CandidateClassifier, PostprocessSettings
 
         s = PostprocessSettings(threshold=float(self.plan.inference.threshold))
         if self.settings.crf is not None:
             s.crf = bool(self.settings.crf)
-        if not self.settings.lung_mask:
-            s.restrict_to_lung = False
-        # Detection: only on whole scans. A crop is known to hold its nodule.
-        if self.settings.lung_mask:
+        s.restrict_to_lung = whole_scan
+        if whole_scan:  # a crop is known to hold its nodule
             cut = self.settings.min_confidence
             s.min_confidence = float(self.plan.inference.min_confidence if cut is None else cut)
             if self.plan.inference.candidate_classifier:
-                from medseg.postprocess import CandidateClassifier
-
                 s.candidate_classifier = CandidateClassifier.from_dict(self.plan.inference.candidate_classifier)
         return s
 
-    # ----------------------------------------------------------------- one case
+    def model_info(self) -> dict[str, Any]:
+        """What the report says about the model and how it ran."""
+        return {
+            "checkpoint": self.settings.model or "bundled",
+            "plan_spacing": list(self.plan.spacing),
+            "window": list(self.predictor.window),
+            "overlap": self.predictor.overlap,
+            "min_confidence": self.postprocess_settings(True).min_confidence,
+            "mass_scale": self.plan.inference.mass_scale if self.settings.masses else 0.0,
+            "device": str(self.predictor.device),
+        }
+
+    # ----------------------------------------------------------------- the one path
+    def segment(self, image: Any, keep_probabilities: bool | None = None, progress: Any = None) -> Segmentation:
+        """Segment one scan (a :class:`Volume`, SimpleITK image or nibabel image) in memory.
+
+        ``keep_probabilities`` (default: ``settings.save_probabilities``) keeps the fine pass's
+        probability map in the result. A CT without a plausible lung comes back with status
+        ``no_lung`` (or ``body_search`` with ``on_no_lung="search_body"``), never as 0 nodules.
+        """
+        from medseg.inference.lung_mask import ct_warning
+
+        volume = as_volume(image)
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        lungs = self.lung_mask(volume)
+        timings["lung_mask_s"] = time.perf_counter() - t
+        warnings = list(lungs.warnings) if lungs is not None else [w for w in [ct_warning(volume)] if w]
+        status = STATUS_OK
+        if lungs is not None and not lungs.found:
+            if self.settings.on_no_lung == "fail":
+                warnings.append("no nodule search was run: no plausible lung in this scan")
+                empty = np.zeros(volume.shape, np.uint16)
+                return Segmentation(volume, empty, lungs.mask, [], STATUS_NO_LUNG, warnings, lungs.volume_ml,
+                                    timings=timings)
+            warnings.append("no plausible lung: the whole image was searched instead (--on-no-lung search_body)")
+            status, lungs = STATUS_BODY_SEARCH, None
+        seg = self._search(volume, lungs, timings, progress)
+        seg.status, seg.warnings = status, warnings + seg.warnings
+        if not (self.settings.save_probabilities if keep_probabilities is None else keep_probabilities):
+            seg.probability = None
+        return seg
+
+    def _search(self, volume: Volume, lungs: LungMaskResult | None, timings: dict[str, float],
+                progress: Any) -> Segmentation:
+        from medseg.postprocess import postprocess
+
+        whole_scan = lungs is not None and self.settings.lung_mask
+        mask = lungs.mask if lungs is not None else None
+        t = time.perf_counter()
+        roi = self.predictor.predict_roi(volume, mask, progress=progress)
+        timings["network_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        labels = np.zeros(volume.shape, np.uint16)
+        lab_roi, features = postprocess(roi.probability, np.asarray(volume.array[roi.box]), volume.spacing,
+                                        lung_mask=None if mask is None else mask[roi.box],
+                                        settings=self.postprocess_settings(whole_scan))
+        labels[roi.box] = lab_roi
+        timings["postprocess_s"] = time.perf_counter() - t
+        if whole_scan and self.settings.masses:
+            t = time.perf_counter()
+            labels, features = self._add_masses(volume, lungs, labels, features)
+            timings["mass_pass_s"] = time.perf_counter() - t
+        nodules = self._measure(volume, labels, roi, features)
+        lung_out = None
+        if lungs is not None:
+            lung_out = lungs.mask | (labels > 0).astype(np.uint8)  # found lesions lie in the lung
+        return Segmentation(volume, labels, lung_out, nodules, STATUS_OK, [],
+                            None if lungs is None else lungs.volume_ml, roi, features, dict(roi.stats), timings)
+
+    def _add_masses(self, volume: Volume, lungs: LungMaskResult, labels: np.ndarray,
+                    features: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Masses from the coarse pass replace the fine components they overlap."""
+        from medseg.inference.masses import find_masses
+
+        masses = find_masses(self.predictor, volume, lungs, self.plan.inference)
+        if not masses:
+            return labels, features
+        remap = np.arange(int(labels.max()) + 1, dtype=np.uint16)
+        for m in masses:
+            remap[labels[m.box][m.mask]] = 0
+        kept = [f for f in features if remap[f["label"]]]
+        remap[:] = 0
+        for i, f in enumerate(kept, start=1):
+            remap[f["label"]] = i
+        out = remap[labels]
+        new_features = [{**f, "label": i} for i, f in enumerate(kept, start=1)]
+        for m in masses:
+            i = len(new_features) + 1
+            out[m.box][m.mask] = i
+            new_features.append({"label": i, "kind": "mass", "confidence": m.mean_probability,
+                                 "mean_probability": m.mean_probability, "lung_contact": m.lung_contact,
+                                 "equivalent_diameter_mm": m.equivalent_diameter_mm})
+        return out, new_features
+
+    def _measure(self, volume: Volume, labels: np.ndarray, roi: RoiPrediction,
+                 features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from medseg.report.measure import measure_nodules
+
+        nodules = measure_nodules(labels, volume, roi.probability, roi.box)
+        by_label = {int(f.get("label", i + 1)): f for i, f in enumerate(features)}
+        for n in nodules:
+            f = by_label.get(n["id"], {})
+            n["elongation"] = f.get("elongation")
+            score = f.get("confidence")
+            n["confidence"] = None if score is None else round(float(score), 4)
+        return nodules
+
+    # ----------------------------------------------------------------- files
     def run(
         self, input_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], case_name: str | None = None
     ) -> CaseResult:
-        """Segment one scan; writes ``<case>_*`` outputs to ``out_dir`` and returns the summary."""
-        from medseg.postprocess import postprocess
-        from medseg.report.measure import measure_nodules
-        from medseg.report.tables import build_report, write_nodule_csv, write_report_json
+        """Read, segment and write one scan (``<case>_*`` files in ``out_dir``)."""
+        from medseg.report.outputs import write_outputs
 
         name = case_name or _case(input_path)
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        timings: dict[str, float] = {}
         t = time.perf_counter()
         volume = read_volume(input_path)
-        timings["read_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        mask, lung_ml, warnings = self.lung_mask(volume)
-        timings["lung_mask_s"] = time.perf_counter() - t
-
-        labels = np.zeros(volume.shape, np.uint16)
-        lung_roi, lung_box = None, None  # the lung mask's part in the ROI box, once ``mask`` is dropped
-        probability_roi = None
-        stats: dict[str, Any] = {}
-        features: list[dict] = []
-        if mask is not None and not mask.any():
-            if not any("lung" in w for w in warnings):
-                warnings.append("no lung found: no nodule search was run")
-        else:
-            t = time.perf_counter()
-            bar = _progress(self.settings.quiet, self.predictor.count_windows(volume, mask), name)
-            roi = self.predictor.predict_roi(volume, mask, progress=bar.update if bar else None)
-            if bar:
-                bar.close()
-            timings["network_s"] = time.perf_counter() - t
-            stats = roi.stats
-            lung_roi = None if mask is None else np.ascontiguousarray(mask[roi.box])
-            if mask is not None and int(np.count_nonzero(lung_roi)) == int(np.count_nonzero(mask)):
-                # the ROI box holds the whole lung mask (the mask's box plus a margin): keep only that
-                # part until the outputs and rebuild the full mask then, for a lower peak memory
-                mask, lung_box = None, roi.box
-            t = time.perf_counter()
-            image_roi = np.asarray(volume.array[roi.box])
-            lab_roi, features = postprocess(
-                roi.probability,
-                image_roi,
-                volume.spacing,
-                lung_mask=lung_roi,
-                settings=self._postprocess_settings(),
-            )
-            labels[roi.box] = lab_roi
-            probability_roi = roi
-            del roi, lab_roi, image_roi
-            timings["postprocess_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        nodules = measure_nodules(
-            labels,
-            volume,
-            None if probability_roi is None else probability_roi.probability,
-            None if probability_roi is None else probability_roi.box,
-        )
-        by_label = {int(f.get("label", i + 1)): f for i, f in enumerate(features)}
-        for n in nodules:
-            n["elongation"] = by_label.get(n["id"], {}).get("elongation")
-            score = by_label.get(n["id"], {}).get("confidence")
-            n["confidence"] = None if score is None else round(float(score), 4)
-        outputs: dict[str, str] = {}
-        if self.settings.save_probabilities:
-            full = probability_roi.full(volume.shape) if probability_roi else np.zeros(volume.shape, np.float32)
-            outputs["probabilities"] = str(write_mask(full, volume, out / f"{name}_probabilities.nii.gz", np.float32))
-            del full
-        probability_roi = None  # measured and written: free it before the other outputs (peak memory)
-        outputs["nodules"] = str(write_mask(labels, volume, out / f"{name}_nodules.nii.gz", np.uint16))
-        if mask is not None:
-            lungs = mask.view(np.uint8) if mask.dtype == bool else mask
-        else:
-            lungs = np.zeros(volume.shape, np.uint8)
-            if lung_box is not None:
-                lungs[lung_box] = lung_roi
-        outputs["lungs"] = str(write_mask(lungs, volume, out / f"{name}_lungs.nii.gz", np.uint8))
-        del lungs, mask, lung_roi
-        if self.settings.preview:
-            from medseg.report.preview import write_preview
-
-            outputs["preview"] = str(write_preview(out / f"{name}_preview.png", volume, labels, nodules))
-        if self.settings.dicom_seg and volume.meta.get("format") == "dicom":
-            from medseg import __version__
-            from medseg.io.dicom_seg import write_dicom_seg
-
-            try:
-                outputs["dicom_seg"] = str(
-                    write_dicom_seg(labels, volume, out / f"{name}_seg.dcm", software_version=__version__)
-                )
-            except Exception as exc:  # a SEG failure must not lose the other outputs
-                warnings.append(f"DICOM SEG not written ({exc.__class__.__name__}: {exc})")
-        outputs["csv"] = str(out / f"{name}_nodules.csv")
-        outputs["report"] = str(out / f"{name}_report.json")
-        write_nodule_csv(outputs["csv"], nodules)
-        timings["outputs_s"] = time.perf_counter() - t
-        timings["total_s"] = sum(v for k, v in timings.items())
-
-        for w in warnings:
+        read_s = time.perf_counter() - t
+        bar = _progress(self.settings.quiet, name)
+        seg = self.segment(volume, progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+        seg.timings = {"read_s": read_s, **seg.timings}
+        seg.timings["total_s"] = sum(seg.timings.values())
+        for w in seg.warnings:
             log.warning("%s: %s", name, w)
-        report = build_report(
-            name,
-            str(input_path),
-            nodules,
-            geometry=volume.summary(),
-            model={
-                "checkpoint": self.settings.model or "bundled",
-                "plan_spacing": list(self.plan.spacing),
-                "window": list(self.predictor.window),
-                "overlap": self.predictor.overlap,
-                "min_confidence": self._postprocess_settings().min_confidence,
-                "device": str(self.predictor.device),
-                "windows": {k: stats.get(k) for k in ("windows_total", "windows_run")},
-            },
-            settings=dataclasses.asdict(self.settings),
-            timings=timings,
-            warnings=warnings,
-            lung_volume_ml=lung_ml,
-            outputs=outputs,
-        )
-        write_report_json(outputs["report"], report)
-        largest = max((n["longest_diameter_mm"] for n in nodules), default=None)
-        return CaseResult(name, str(input_path), outputs, nodules, len(nodules), largest, warnings, timings)
+        outputs = write_outputs(seg, out_dir, name, input_path=str(input_path), model=self.model_info(),
+                                settings=dataclasses.asdict(self.settings), preview=self.settings.preview,
+                                dicom_seg=self.settings.dicom_seg)
+        largest = max((n["longest_diameter_mm"] for n in seg.nodules), default=None)
+        n = len(seg.nodules) if seg.searched else None
+        return CaseResult(name, str(input_path), outputs, seg.nodules, n, largest, seg.warnings, seg.timings,
+                          seg.status)
 
 
 def _case(path: str | os.PathLike[str]) -> str:
@@ -236,12 +271,12 @@ def _case(path: str | os.PathLike[str]) -> str:
     return p.name if p.is_dir() else _strip_extension(p)
 
 
-def _progress(quiet: bool, total: int, name: str):
+def _progress(quiet: bool, name: str):
     if quiet or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"{name} windows", unit="win", leave=False)
+    return tqdm(desc=f"{name} windows", unit="win", leave=False)
 
 
 def infer(
@@ -254,7 +289,8 @@ def infer(
     ``settings`` are :class:`InferenceSettings` fields (``model``, ``device``, ``tta``...).
     Outputs go to ``out_dir`` as ``<case>_nodules.nii.gz``, ``<case>_lungs.nii.gz``,
     ``<case>_report.json``, ``<case>_nodules.csv``, ``<case>_preview.png`` and, for DICOM
-    input, ``<case>_seg.dcm``.
+    input, ``<case>_seg.dcm``. A scan with no plausible lung gets a report with status
+    ``no_lung`` and no nodule files.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -268,4 +304,4 @@ def infer(
     return results
 
 
-__all__ = ["CaseResult", "InferenceSettings", "Segmenter", "infer"]
+__all__ = ["CaseResult", "InferenceSettings", "Segmentation", "Segmenter", "infer"]

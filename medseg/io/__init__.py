@@ -1,12 +1,13 @@
 """Medical image I/O with exact geometry: read any supported scan, write masks on its grid."""
 
 from medseg.io.atomic import atomic_path, write_json_atomic, write_text_atomic
-from medseg.io.readers import case_name, is_image_file, read_volume
+from medseg.io.readers import as_volume, case_name, is_image_file, read_volume
 from medseg.io.volume import Volume
 from medseg.io.writers import write_mask, write_volume
 
 __all__ = [
     "Volume",
+    "as_volume",
     "atomic_path",
     "case_name",
     "is_image_file",

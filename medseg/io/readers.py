@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,3 +127,21 @@ def _read_itk(p: Path) -> Volume:
         source=str(p),
         meta={"format": p.suffix.lower().lstrip(".")},
     )
+
+
+def as_volume(image: Any) -> Volume:
+    """A :class:`Volume` from a Volume, a SimpleITK image or a nibabel image (in memory, no file)."""
+    if isinstance(image, Volume):
+        return image
+    if hasattr(image, "GetSpacing") and hasattr(image, "GetDirection"):
+        import SimpleITK as sitk
+
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(None, f"expected a scalar 3D SimpleITK image, got size {image.GetSize()}")
+        return Volume(array=np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0)),
+                      spacing=image.GetSpacing(), origin=image.GetOrigin(),
+                      direction=np.array(image.GetDirection()).reshape(3, 3), meta={"format": "sitk"})
+    if hasattr(image, "affine") and hasattr(image, "dataobj"):
+        array = _as_3d(np.asarray(np.asanyarray(image.dataobj)), Path("<nibabel image>"))
+        return Volume.from_affine_ras(array, image.affine, meta={"format": "nifti"})
+    raise TypeError(f"expected a Volume, SimpleITK image or nibabel image, got {type(image).__name__}")

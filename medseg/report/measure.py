@@ -18,6 +18,8 @@ SOLID_HU = -300.0
 #: Solid share of the nodule volume: >= SOLID_SHARE solid; < GGO_SHARE ground-glass; else part-solid.
 SOLID_SHARE = 0.8
 GGO_SHARE = 0.2
+#: A lesion is a mass, not a nodule, from this longest diameter (mm; Fleischner glossary).
+MASS_MM = 30.0
 
 
 def longest_diameter_mm(mask: np.ndarray, volume: Volume, offset: tuple[int, int, int] = (0, 0, 0)) -> float:
@@ -66,7 +68,8 @@ def measure_nodules(
 
     Keys: ``id``, ``voxels``, ``centre_lps_mm`` and ``centre_ras_mm`` (centroid of voxel centres),
     ``volume_mm3``, ``longest_diameter_mm``, ``equivalent_diameter_mm``, ``mean_hu``, ``max_hu``,
-    ``mean_probability``, ``solid_share``, ``type``, ``bbox_ijk``.
+    ``mean_probability``, ``solid_share``, ``type`` (``mass`` from ``MASS_MM``, else the texture),
+    ``texture`` (solid / part-solid / ground-glass), ``bbox_ijk``.
     """
     out: list[dict[str, Any]] = []
     if labels.max() == 0:
@@ -85,19 +88,21 @@ def measure_nodules(
         hu = image[sl][sub].astype(np.float64)
         kind, share = nodule_type(hu)
         vol_mm3 = n * voxel_mm3
+        longest = round(longest_diameter_mm(sub, volume, tuple(offset)), 2)
         entry: dict[str, Any] = {
             "id": lab,
             "voxels": n,
             "centre_lps_mm": [round(float(c), 2) for c in centre_lps],
             "centre_ras_mm": [round(float(c), 2) for c in centre_lps * np.array([-1, -1, 1])],
             "volume_mm3": round(vol_mm3, 2),
-            "longest_diameter_mm": round(longest_diameter_mm(sub, volume, tuple(offset)), 2),
+            "longest_diameter_mm": longest,
             "equivalent_diameter_mm": round(float((6.0 * vol_mm3 / np.pi) ** (1.0 / 3.0)), 2),
             "mean_hu": round(float(hu.mean()), 1),
             "max_hu": round(float(hu.max()), 1),
             "mean_probability": None,
             "solid_share": round(share, 3),
-            "type": kind,
+            "type": "mass" if longest >= MASS_MM else kind,
+            "texture": kind,
             "bbox_ijk": [[int(s.start), int(s.stop)] for s in sl],
         }
         if probability is not None:

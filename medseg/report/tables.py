@@ -28,6 +28,7 @@ CSV_COLUMNS = (
     "confidence",
     "solid_share",
     "type",
+    "texture",
     "voxels",
 )
 
@@ -66,6 +67,7 @@ def build_report(
     warnings: list[str],
     lung_volume_ml: float | None,
     outputs: dict[str, str],
+    status: str = "ok",
 ) -> dict[str, Any]:
     """The JSON report as a plain dict."""
     from medseg import __version__
@@ -82,7 +84,9 @@ def build_report(
         "model": model,
         "settings": settings,
         "lung_volume_ml": None if lung_volume_ml is None else round(lung_volume_ml, 1),
-        "n_nodules": len(nodules),
+        "status": status,
+        # None when no search ran (status no_lung): unknown, not zero
+        "n_nodules": len(nodules) if status != "no_lung" else None,
         "nodules": nodules,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "warnings": warnings,

@@ -1,0 +1,120 @@
+"""Masses (30-100 mm): the same network run a second time on a coarser grid.
+
+The network sees a 34 mm window at the plan spacing, so a 45 mm mass fills it and more. On a grid
+``mass_scale`` times coarser (2: 1.4 x 1.4 x 2.5 mm for the bundled model) the window covers
+68 mm and a mass looks like the nodules the network learned: a scale-space pass rather than a
+second model. The pass runs over the lung field (the per-slice hull of each lung), which holds
+masses against the chest wall or mediastinum that an air threshold leaves out of the lung.
+
+A coarse component is a mass when it is at least ``mass_min_diameter_mm`` across, lung surrounds
+a good part of it (``mass_min_lung_contact`` of its outer shell: the heart, the aorta and the
+diaphragm domes, which also light up at this scale, border lung on less of their surface) and it
+is compact (``mass_min_solidity``: a merged vessel tree is not).
+Its boundary is then refined on the input grid by growing it a few mm into soft tissue within the
+lung field, since the coarse grid rounds the edge off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.inference.lung_mask import LungMaskResult, bounding_box
+from medseg.inference.predictor import Predictor
+from medseg.io.volume import Volume
+from medseg.plan import InferencePlan
+from medseg.postprocess.components import equivalent_diameter_mm
+
+#: Thickness (mm) of the outer shell whose share in the lung is the lung contact.
+SHELL_MM = 3.0
+
+
+@dataclass
+class Mass:
+    """One mass on the input grid: its mask inside ``box`` and how it was found."""
+
+    box: tuple[slice, slice, slice]
+    mask: np.ndarray  # bool, shape of the box
+    mean_probability: float
+    lung_contact: float
+    equivalent_diameter_mm: float
+
+
+def coarse_predictor(predictor: Predictor, scale: float) -> Predictor:
+    """The same network on a grid ``scale`` times coarser than its plan (the model is shared)."""
+    plan = dataclasses.replace(predictor.plan, spacing=tuple(s * scale for s in predictor.plan.spacing))
+    return Predictor(predictor.model, plan, device=predictor.device, window=predictor.window,
+                     overlap=predictor.overlap, sw_batch_size=predictor.sw_batch_size)
+
+
+def find_masses(predictor: Predictor, volume: Volume, lungs: LungMaskResult, settings: InferencePlan) -> list[Mass]:
+    """Masses in ``volume``: components of the coarse pass over the lung field that pass the size and
+    lung-contact tests, refined on the input grid."""
+    if settings.mass_scale <= 0 or lungs.field is None or not lungs.field.any():
+        return []
+    roi = coarse_predictor(predictor, settings.mass_scale).predict_roi(volume, lungs.field)
+    field = lungs.field[roi.box] > 0
+    seg = (roi.probability >= settings.threshold) & field
+    labels, n = ndimage.label(seg, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return []
+    voxel_mm3 = volume.voxel_volume_mm3
+    counts = np.bincount(labels.ravel())
+    big = [i for i in range(1, n + 1) if equivalent_diameter_mm(counts[i] * voxel_mm3) >= settings.mass_min_diameter_mm]
+    image = np.asarray(volume.array[roi.box])
+    lung = lungs.mask[roi.box] > 0
+    out = []
+    for i in big:
+        comp = labels == i
+        contact = lung_contact(comp, lung, volume.spacing)
+        if contact < settings.mass_min_lung_contact or solidity(comp) < settings.mass_min_solidity:
+            continue
+        grown = grow_into_tissue(comp, image, field, volume.spacing, settings.mass_grow_mm, settings.mass_grow_hu)
+        out.append(_as_mass(grown, roi.box, float(roi.probability[comp].mean()), contact, voxel_mm3))
+    return out
+
+
+def lung_contact(component: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Share of the component's outer shell (``SHELL_MM`` thick) that lies in the lung."""
+    box = bounding_box(component, tuple(int(np.ceil(SHELL_MM / s)) + 1 for s in spacing))
+    sub = component[box]
+    dist = ndimage.distance_transform_edt(~sub, sampling=spacing)
+    shell = (dist > 0) & (dist <= SHELL_MM)
+    return float(lung[box][shell].mean()) if shell.any() else 0.0
+
+
+def solidity(component: np.ndarray) -> float:
+    """Volume over convex-hull volume (scikit-image). Affine maps keep convexity and volume ratios,
+    so voxel space gives the world figure for any spacing."""
+    from skimage.measure import regionprops
+
+    box = bounding_box(component, (1, 1, 1))
+    props = regionprops(component[box].astype(np.uint8))
+    return float(props[0].solidity) if props else 0.0
+
+
+def grow_into_tissue(component: np.ndarray, image: np.ndarray, allowed: np.ndarray,
+                     spacing: tuple[float, float, float], grow_mm: float, min_hu: float) -> np.ndarray:
+    """The component plus the voxels within ``grow_mm`` of it that are tissue (>= ``min_hu``) in
+    ``allowed``, kept where connected to it."""
+    if grow_mm <= 0:
+        return component
+    box = bounding_box(component, tuple(int(np.ceil(grow_mm / s)) + 1 for s in spacing))
+    sub = component[box]
+    near = ndimage.distance_transform_edt(~sub, sampling=spacing) <= grow_mm
+    grown = sub | (near & (image[box] >= min_hu) & allowed[box])
+    labels, _ = ndimage.label(grown)
+    keep = np.unique(labels[sub])
+    out = np.zeros_like(component)
+    out[box] = np.isin(labels, keep[keep > 0])
+    return out
+
+
+def _as_mass(mask: np.ndarray, roi_box: tuple[slice, ...], prob: float, contact: float, voxel_mm3: float) -> Mass:
+    box = bounding_box(mask)
+    assert box is not None
+    full_box = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(roi_box, box))
+    return Mass(full_box, mask[box].copy(), prob, contact, equivalent_diameter_mm(float(mask.sum()) * voxel_mm3))  # type: ignore[arg-type]
