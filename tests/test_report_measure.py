@@ -139,3 +139,17 @@ def test_preview_mip_equals_clip_then_max_without_a_volume_copy():
     out = _slab_mip(ct)
     np.testing.assert_array_equal(out, np.clip(ct, None, 150).max(axis=2))
     assert out.dtype == ct.dtype
+
+
+def test_a_lesion_from_30_mm_is_a_mass_and_keeps_its_texture() -> None:
+    spacing = (1.0, 1.0, 2.5)
+    shape = (60, 60, 24)
+    grids = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.uint16)
+    for lab, centre, radius in ((1, (34, 34, 12), 17.0), (2, (8, 8, 12), 5.0)):
+        d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing))
+        labels[d2 <= radius**2] = lab
+    vol = Volume(np.full(shape, 40, np.int16), spacing, modality="CT")
+    out = {m["id"]: m for m in measure_nodules(labels, vol)}
+    assert out[1]["longest_diameter_mm"] >= 30 and out[1]["type"] == "mass" and out[1]["texture"] == "solid"
+    assert out[2]["longest_diameter_mm"] < 30 and out[2]["type"] == "solid" == out[2]["texture"]
