@@ -46,6 +46,8 @@ class InferencePlan:
     #: fully convolutional, and larger windows cost less per voxel on CPU.
     window: tuple[int, int, int] | None = None
     blend_mode: str = "gaussian"
+    #: network precision: auto (bf16 where the CPU or GPU runs it natively) | fp32 | bf16 | fp16
+    precision: str = "fp32"
     sw_batch_size: int = 2
     threshold: float = 0.5
     #: whole-scan mode drops components whose mean probability is below this (0 = off); tied to

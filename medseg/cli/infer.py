@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out-dir", required=True, help="output folder (created if missing)")
     p.add_argument("--model", default=None, help="checkpoint (.pt); default: the bundled lung-nodule model")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="network precision (default: the model's): auto = bf16 where the CPU (AVX512_BF16/AMX) "
+                        "or GPU runs it natively, else fp32; fp16 is for CUDA")
     p.add_argument("--tta", action="store_true", help="average over flipped copies (8x slower)")
     p.add_argument("--overlap", type=_overlap, default=None,
                    help="sliding-window overlap in [0, 1) (default: the model's, 0.5); lower is faster but "
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         on_no_lung=args.on_no_lung,
         masses=not args.no_masses,
+        precision=args.precision,
     )
     for r in results:
         if r.status == "no_lung":  # always said, --quiet or not: this is not "0 nodules"

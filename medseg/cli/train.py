@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None, help="data loader worker processes")
     p.add_argument("--val-cases", type=int, default=None, help="validation cases per epoch (0 = all)")
-    p.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None, help="mixed precision on CUDA")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default=None,
+                   help="mixed precision (default: the task's, auto): auto = bf16 on GPUs and on CPUs with native "
+                        "bf16 (AVX512_BF16/AMX), else fp32; fp16 is for CUDA")
     p.add_argument("--res-block", action="store_true", default=None, help="residual blocks in the U-Net")
     p.add_argument("--dataset-weights", type=_floats, default=None, metavar="W1,W2,...",
                    help="share of sampled patches per --data folder, in order (default: uniform over cases)")

@@ -24,6 +24,7 @@ from medseg.inference.lung_mask import LungMaskResult
 from medseg.inference.predictor import Predictor, RoiPrediction
 from medseg.io import Volume, as_volume, read_volume
 from medseg.io import case_name as _strip_extension
+from medseg.models.precision import precision_name
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class InferenceSettings:
     #: a CT with no plausible lung: "fail" (status no_lung, no search) or "search_body"
     on_no_lung: str = "fail"
     masses: bool = True  # the coarse mass pass (when the model's plan has one)
+    precision: str | None = None  # auto|fp32|bf16|fp16; None = the model plan's
 
 
 @dataclass
@@ -105,7 +107,8 @@ class Segmenter:
         if self.settings.on_no_lung not in ("fail", "search_body"):
             raise ValueError(f"on_no_lung must be 'fail' or 'search_body', got {self.settings.on_no_lung!r}")
         self.predictor = predictor or Predictor.from_checkpoint(
-            self.settings.model, self.settings.device, tta=self.settings.tta, overlap=self.settings.overlap)
+            self.settings.model, self.settings.device, tta=self.settings.tta, overlap=self.settings.overlap,
+            precision=self.settings.precision)
         self.plan = self.predictor.plan
 
     # ----------------------------------------------------------------- pieces
@@ -140,6 +143,7 @@ class Segmenter:
             "min_confidence": self.postprocess_settings(True).min_confidence,
             "mass_scale": self.plan.inference.mass_scale if self.settings.masses else 0.0,
             "device": str(self.predictor.device),
+            "precision": precision_name(self.predictor.autocast_dtype),
         }
 
     # ----------------------------------------------------------------- the one path

@@ -181,7 +181,10 @@ class Predictor:
         overlap: float | None = None,
         sw_batch_size: int | None = None,
         tta: bool = False,
+        precision: str | None = None,
     ) -> None:
+        from medseg.models.precision import resolve_precision
+
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.plan = plan
@@ -191,6 +194,9 @@ class Predictor:
             raise ValueError(f"sliding-window overlap must be in [0, 1), got {self.overlap}")
         self.sw_batch_size = int(sw_batch_size or plan.inference.sw_batch_size)
         self.tta = tta
+        #: "auto" | "fp32" | "bf16" | "fp16"; None = the plan's
+        self.precision = precision or plan.inference.precision
+        self.autocast_dtype = resolve_precision(self.precision, self.device)
         self._check_window()
 
     def _check_window(self) -> None:
@@ -301,7 +307,7 @@ class Predictor:
             sw_batch_size=self.sw_batch_size,
             mask=mask,
             device=self.device,
-            amp=self.device.type == "cuda",
+            autocast_dtype=self.autocast_dtype,
             cval=cval,
             tta=self.tta,
             progress=progress,

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.models.precision import autocast
+
 
 def window_grid(
     image_size: Sequence[int], roi_size: Sequence[int], overlap: float
@@ -57,7 +59,7 @@ def sliding_window_probability(
     sw_batch_size: int = 2,
     mask: np.ndarray | None = None,
     device: torch.device | str = "cpu",
-    amp: bool = False,
+    autocast_dtype: torch.dtype | None = None,
     cval: float = 0.0,
     tta: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -68,7 +70,8 @@ def sliding_window_probability(
     ``__getitem__(window slices)`` that computes windows on demand (so the image is never held
     whole; see :class:`medseg.inference.predictor.ResampledImage`). ``network`` maps ``[B, 1, *roi]`` to logits
     ``[B, 2, *roi]``. Windows not touching ``mask`` are skipped and voxels no window covers get
-    probability 0. ``tta`` averages the logit difference over the 8 axis flips. ``progress`` is
+    probability 0. ``autocast_dtype`` runs the network under autocast (bf16/fp16; blending stays
+    fp32). ``tta`` averages the logit difference over the 8 axis flips. ``progress`` is
     called with the number of windows just finished. Returns the probability and window counts.
     """
     device = torch.device(device)
@@ -121,7 +124,6 @@ def sliding_window_probability(
 
         def window_input(w: tuple[slice, slice, slice]) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(image[w], dtype=np.float32))
-    autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if amp and device.type == "cuda" else None
     flips: list[tuple[int, ...]] = [()]
     if tta:
         flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
@@ -134,10 +136,7 @@ def sliding_window_probability(
             diff = None
             for axes in flips:
                 xi = torch.flip(x, axes) if axes else x
-                if autocast is not None:
-                    with autocast:
-                        logits = network(xi)
-                else:
+                with autocast(device, autocast_dtype):
                     logits = network(xi)
                 d = (logits[:, 1] - logits[:, 0]).float()
                 d = torch.flip(d, [a - 1 for a in axes]) if axes else d

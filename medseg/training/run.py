@@ -178,7 +178,7 @@ def train(
             steps_per_epoch=int(ov.get("steps_per_epoch", device_value(tcfg.get("steps_per_epoch", 50), dev.type))),
             num_workers=int(ov.get("num_workers", device_value(tcfg.get("num_workers", 0), dev.type))),
             seed=seed,
-            amp=str(ov.get("amp", tcfg.get("amp", "bf16"))),
+            amp=str(ov.get("amp", tcfg.get("amp", "auto"))),
             lr=ov.get("lr"),
             grad_clip=float(opt_cfg.get("grad_clip", 12.0)),
             log_every=int(ov.get("log_every", 5)),

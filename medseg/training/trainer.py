@@ -33,7 +33,7 @@ class TrainConfig:
     steps_per_epoch: int = 50
     num_workers: int = 0
     seed: int = 12345
-    amp: str = "none"  # bf16 | fp16 | none (CUDA only)
+    amp: str = "none"  # auto | bf16 | fp16 | none: autocast precision (bf16 on CPUs that run it natively)
     lr: float | None = None
     grad_clip: float = 12.0
     log_every: int = 5
@@ -132,11 +132,11 @@ class Trainer:
         total = config.max_epochs * config.steps_per_epoch if config.max_epochs else None
         self.scheduler = WarmupCosine(self.optimizer, int(opt_cfg.get("warmup_steps", 50)), total,
                                       config.max_time_s, float(opt_cfg.get("min_lr_fraction", 0.01)))
-        amp = config.amp if device.type == "cuda" else "none"
-        if amp == "bf16" and not torch.cuda.is_bf16_supported():
-            amp = "fp16"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        from medseg.models.precision import resolve_precision
+
+        self.amp_dtype = resolve_precision("fp32" if config.amp == "none" else config.amp, device)
+        # fp16 needs loss scaling; bf16 has fp32's range and does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.best_metric, self.best_epoch = -math.inf, -1
         self.rows: list[dict[str, Any]] = []
@@ -199,9 +199,9 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     def _autocast(self):  # noqa: ANN202
-        if self.amp_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        from medseg.models.precision import autocast
+
+        return autocast(self.device, self.amp_dtype)
 
     def _agree(self, flag: bool) -> bool:
         """True on every rank if any rank says so (time-limit decisions must not diverge)."""
