@@ -46,8 +46,9 @@ class InferencePlan:
     #: fully convolutional, and larger windows cost less per voxel on CPU.
     window: tuple[int, int, int] | None = None
     blend_mode: str = "gaussian"
-    #: network precision: auto (bf16 where the CPU or GPU runs it natively) | fp32 | bf16 | fp16
-    precision: str = "fp32"
+    #: network precision: auto (bf16 where the CPU or GPU runs it natively) | fp32 | bf16 | fp16.
+    #: bf16 and fp32 candidate masks agree (Dice 0.996 on the real 5 mm chest CT, every candidate)
+    precision: str = "auto"
     sw_batch_size: int = 2
     threshold: float = 0.5
     #: whole-scan mode drops components whose mean probability is below this (0 = off); tied to

@@ -78,9 +78,14 @@ def test_froc_hand_counted():
     assert fps.tolist() == [0, 0, 0.5, 0.5, 0.5, 1.0, 1.5, 1.5, 2.0, 2.5]
     assert sens.tolist() == [0, 0.25, 0.25, 0.5, 0.5, 0.5, 0.5, 0.75, 0.75, 0.75]
     r = froc(scores, hits, n_lesions=4, n_scans=2)
-    expected = [0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 0.75]  # at 1/8 .. 8 FP/scan
-    assert list(r["sensitivity_at_fp"].values()) == expected
-    assert r["cpm"] == pytest.approx(sum(expected) / 7)
+    step = [0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 0.75]  # at 1/8 .. 8 FP/scan, off the step curve
+    assert list(r["sensitivity_at_fp_step"].values()) == step
+    assert r["cpm_step"] == pytest.approx(sum(step) / 7)
+    # LUNA16 interpolates linearly between operating points: (0 FP, 0.25) .. (0.5 FP, 0.5) gives
+    # 0.3125 at 1/8 and 0.375 at 1/4; from 1.5 FP on it is 0.75, flat past the last candidate
+    interpolated = [0.3125, 0.375, 0.5, 0.5, 0.75, 0.75, 0.75]
+    assert list(r["sensitivity_at_fp"].values()) == pytest.approx(interpolated)
+    assert r["cpm"] == pytest.approx(sum(interpolated) / 7) and "LUNA16" in r["cpm_definition"]
 
 
 def test_froc_ties_enter_together():
@@ -109,7 +114,8 @@ def test_evaluate_folders_pool_lesions_and_froc(folders):
     assert r["n_cases"] == 2 and [c["case"] for c in r["cases"]] == ["case0", "case1"]
     assert r["lesion_sensitivity"] == 0.75
     assert r["fp_per_scan"] == 2.5
-    assert r["cpm"] == pytest.approx((0.25 + 0.25 + 0.5 + 0.5 + 0.75 * 3) / 7)
+    assert r["cpm"] == pytest.approx((0.3125 + 0.375 + 0.5 + 0.5 + 0.75 * 3) / 7)  # LUNA16, interpolated
+    assert r["froc"]["cpm_step"] == pytest.approx((0.25 + 0.25 + 0.5 + 0.5 + 0.75 * 3) / 7)
     assert r["dice"] == pytest.approx(np.mean([c["dice"] for c in r["cases"]]))
 
 

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         ("FP per scan", _fmt(res["fp_per_scan"])),
     ]
     if "cpm" in res:
-        rows.append(("CPM", _fmt(res["cpm"])))
+        rows.append(("CPM (LUNA16, interpolated)", _fmt(res["cpm"])))
+        rows.append(("CPM (step curve)", _fmt(res["cpm_step"])))
     for k, v in rows:
         print(f"{k:>20}: {v}")
     return 0

@@ -117,7 +117,8 @@ def summarise(cases: list[dict[str, Any]], with_probabilities: bool) -> dict[str
                 scores.append(cand["score"])
                 hits.append([(i, g) for g in cand["hits"]])
         fr = froc(scores, hits, n_gt, len(cases))
-        out["cpm"] = fr["cpm"]
+        out["cpm"] = fr["cpm"]  # LUNA16 (interpolated); the step-curve figure is out["froc"]["cpm_step"]
+        out["cpm_step"] = fr["cpm_step"]
         out["froc"] = fr
     return out
 

@@ -3,10 +3,12 @@
 Each candidate has a score and the set of ground-truth lesions it hits (empty: false positive).
 Lowering the threshold through the scores traces the FROC curve: average false positives per
 scan against lesion sensitivity, where a lesion hit by several candidates counts once. The CPM
-is the mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 FP/scan, each read as the best
-sensitivity of an operating point whose FP rate does not exceed it (a step curve, so no
-interpolation can credit an operating point that does not exist; beyond the last candidate the
-curve stays flat, as in LUNA16).
+is the mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 FP/scan, read two ways:
+
+* ``cpm`` (LUNA16-comparable): as the LUNA16 evaluation script does, by linear interpolation of
+  the curve between its operating points (``numpy.interp``; flat beyond the last candidate);
+* ``cpm_step``: the best sensitivity of an operating point whose FP rate does not exceed the rate
+  (a step curve: no interpolation credits an operating point that does not exist).
 """
 
 from __future__ import annotations
@@ -56,6 +58,19 @@ def sensitivity_at(fps: np.ndarray, sens: np.ndarray, rate: float) -> float:
     return float(sens[ok].max()) if ok.any() else 0.0
 
 
+def sensitivity_interpolated(fps: np.ndarray, sens: np.ndarray, rate: float) -> float:
+    """Sensitivity at ``rate`` FP/scan by linear interpolation of the curve, as LUNA16 does
+    (noduleCADEvaluationLUNA16.py interpolates the FROC with ``numpy.interp``)."""
+    xs, ys = [], []
+    for x, y in zip(fps, sens):  # one point per FP rate: the best sensitivity reached there
+        if xs and x == xs[-1]:
+            ys[-1] = max(ys[-1], y)
+        else:
+            xs.append(float(x))
+            ys.append(float(y))
+    return float(np.interp(rate, xs, ys))
+
+
 def froc(
     scores: Sequence[float],
     hits: Sequence[Sequence[Hashable]],
@@ -66,9 +81,14 @@ def froc(
     """FROC summary: sensitivity at each rate, CPM, and the curve points (JSON-able)."""
     thr, fps, sens = froc_curve(scores, hits, n_lesions, n_scans)
     at = {str(r): sensitivity_at(fps, sens, r) for r in rates}
+    itp = {str(r): sensitivity_interpolated(fps, sens, r) for r in rates}
     return {
-        "cpm": float(np.mean(list(at.values()))) if n_lesions else None,
-        "sensitivity_at_fp": at,
+        "cpm": float(np.mean(list(itp.values()))) if n_lesions else None,
+        "sensitivity_at_fp": itp,
+        "cpm_step": float(np.mean(list(at.values()))) if n_lesions else None,
+        "sensitivity_at_fp_step": at,
+        "cpm_definition": "cpm: LUNA16 (mean sensitivity at 1/8..8 FP/scan, curve linearly interpolated); "
+                          "cpm_step: the same rates read off the step curve (no interpolation)",
         "curve": {
             "threshold": [None if np.isinf(t) else float(t) for t in thr],
             "fp_per_scan": fps.tolist(),
