@@ -8,7 +8,7 @@ model's run (``splits.json`` and the fold in ``config.json`` beside the checkpoi
 checkpoint's recorded split), else the
 last 20% of patients by id. For each crop the nodule probability comes from
 
-- ``model``: the network, through ``Segmenter(model=CKPT, lung_mask=False).predict_probabilities``
+- ``model``: the network, through ``Segmenter(model=CKPT, lung_mask=False).segment(image).probability_full()``
   (crop mode), the default when a checkpoint is given or the bundled model exists;
 - ``blurred-gt``: a documented stand-in while no model exists: the ground truth's signed distance
   (mm) with a random boundary shift of -1.5..+1.5 mm (both too large and too small masks), a 1 mm
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if source == "model":
         from medseg.inference.pipeline import Segmenter
 
-        segmenter = Segmenter(model=model, device=args.device, lung_mask=False, quiet=True)
+        segmenter = Segmenter(model=model, device=args.device, lung_mask=False, quiet=True, crf=False)
         threshold = float(segmenter.plan.inference.threshold)
     threshold = args.threshold if args.threshold is not None else threshold
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         gt = mask.array > 0
         hu = np.asarray(image.array, dtype=np.float32)
         if segmenter is not None:
-            prob = segmenter.predict_probabilities(image)
+            prob = segmenter.segment(image, keep_probabilities=True).probability_full()
         else:
             prob = blurred_gt(gt, image.spacing, seed=zlib.crc32(path.name.encode()))
         row = {"file": path.name, "voxels": int(hu.size), "without": dice(prob >= threshold, gt)}

@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coarse-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="first resample each crop and its mask to voxels at least this coarse (mm), "
                              "as a coarser scan would show them: how the model does on thick-slice scans")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="network precision (default: the model's plan, auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
 
@@ -145,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.model or BUNDLED_MODEL} records no validation patients", file=sys.stderr)
             return 2
         images = [p for p in images if p.name[:14] in held_out]
-    segmenter = Segmenter(model=args.model, device=args.device, lung_mask=False, quiet=True, tta=args.tta)
+    # the probabilities of the shipped path (crop mode); the CRF is scored by crf_benchmark.py
+    segmenter = Segmenter(model=args.model, device=args.device, lung_mask=False, quiet=True, tta=args.tta,
+                          crf=False, precision=args.precision)
     threshold = segmenter.plan.inference.threshold if hasattr(segmenter, "plan") else 0.5
 
     rows = []
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             if not mask.array.any():  # a nodule under half a coarse voxel: nothing left to score
                 vanished.append(path.name)
                 continue
-        prob = segmenter.predict_probabilities(image)
+        prob = segmenter.segment(image, keep_probabilities=True).probability_full()
         gt = mask.array > 0
         row = {
             "file": path.name,
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": str(args.model or BUNDLED_MODEL),
         "tta": args.tta,
+        "precision": segmenter.model_info()["precision"],
         "coarse_spacing": args.coarse_spacing,
         **({"vanished_at_coarse_spacing": len(vanished)} if args.coarse_spacing else {}),
         **summarise(rows, "model"),

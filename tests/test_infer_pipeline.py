@@ -162,7 +162,7 @@ def monai_whole_volume(seg: Segmenter, vol) -> np.ndarray:
 
 
 def test_roi_pipeline_equals_whole_volume_monai_inside_lung(tiny_ckpt, phantoms) -> None:
-    seg = Segmenter(model=str(tiny_ckpt), device="cpu", quiet=True)  # the real (random) network
+    seg = Segmenter(model=str(tiny_ckpt), device="cpu", quiet=True, precision="fp32")  # the real (random) network
     vol = read_volume(phantoms["LPS"][0])
     mask = seg.lung_mask(vol).mask
     roi = seg.predictor.predict_roi(vol, mask)

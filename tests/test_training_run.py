@@ -172,3 +172,28 @@ def test_init_weights_fine_tunes_from_a_trained_model_with_its_plan(data, tmp_pa
         train("lung_nodule", [data], leak, max_epochs=1, device="cpu", steps_per_epoch=1,
               init_weights=str(src / "best.pt"), **TINY)
     assert "no longer hold" in caplog.text
+
+
+def test_validation_dice_is_the_dice_of_the_shipped_path(data, tmp_path, capsys):
+    """The Dice training prints for its best epoch equals benchmarks/lidc_accuracy.py's Dice of the
+    saved checkpoint on the same held-out crops: both run ``Segmenter.segment`` on each crop's grid."""
+    import importlib.util
+
+    from medseg.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "-o", str(run), "--max-epochs", "3", "--steps-per-epoch", "4",
+                 "--patch-size", "16,16,16", "--filters", "8,16,32", "--batch-size", "2", "--num-workers", "0",
+                 "--folds", "2", "--lr", "0.01", "--device", "cpu", "--quiet"]) == 0
+    rows = _rows(run)
+    best = max(rows, key=lambda r: float(r["val_dice"]))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lidc_accuracy.py"
+    spec = importlib.util.spec_from_file_location("lidc_accuracy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    capsys.readouterr()
+    assert bench.main(["--data", str(data), "--model", str(run / "best.pt"), "--held-out-only", "--device", "cpu",
+                       "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["held_out"]["cases"] >= 1
+    assert abs(result["held_out"]["dice_mean"] - float(best["val_dice"])) < 0.005

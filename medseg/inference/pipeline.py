@@ -61,7 +61,7 @@ class Segmentation:
 
     volume: Volume
     labels: np.ndarray  # uint16 instance labels 1..N (nodules and masses)
-    lungs: np.ndarray | None  # uint8 lung mask with the found lesions inside (None in crop mode)
+    lungs: np.ndarray | None  # uint8 lung mask, aerated lung (None in crop mode); see LungMaskResult
     nodules: list[dict[str, Any]]  # one measurement record per label (see medseg.report.measure)
     status: str = STATUS_OK
     warnings: list[str] = field(default_factory=list)
@@ -198,10 +198,7 @@ class Segmenter:
             labels, features = self._add_masses(volume, lungs, labels, features)
             timings["mass_pass_s"] = time.perf_counter() - t
         nodules = self._measure(volume, labels, roi, features)
-        lung_out = None
-        if lungs is not None:
-            lung_out = lungs.mask | (labels > 0).astype(np.uint8)  # found lesions lie in the lung
-        return Segmentation(volume, labels, lung_out, nodules, STATUS_OK, [],
+        return Segmentation(volume, labels, None if lungs is None else lungs.mask, nodules, STATUS_OK, [],
                             None if lungs is None else lungs.volume_ml, roi, features, dict(roi.stats), timings)
 
     def _add_masses(self, volume: Volume, lungs: LungMaskResult, labels: np.ndarray,

@@ -2,7 +2,8 @@
 
 ``<case>_nodules.nii.gz`` (instance labels), ``_lungs.nii.gz``, ``_report.json``,
 ``_nodules.csv``, ``_preview.png``, ``_probabilities.nii.gz`` when kept, and ``_seg.dcm`` for
-DICOM input. A scan where no search ran (status ``no_lung``) gets its report and lung mask only:
+DICOM input. The written lung mask holds the found lesions too (a mass against the chest wall
+belongs to the lung, though an air threshold leaves it out). A scan where no search ran (status ``no_lung``) gets its report and lung mask only:
 no nodule mask or table that could be read as "0 nodules".
 """
 
@@ -43,7 +44,7 @@ def write_outputs(
                                                   out / f"{name}_probabilities.nii.gz", np.float32))
     if seg.searched:
         outputs["nodules"] = str(write_mask(seg.labels, volume, out / f"{name}_nodules.nii.gz", np.uint16))
-    lungs = seg.lungs if seg.lungs is not None else np.zeros(volume.shape, np.uint8)
+    lungs = np.zeros(volume.shape, np.uint8) if seg.lungs is None else seg.lungs | (seg.labels > 0).astype(np.uint8)
     outputs["lungs"] = str(write_mask(lungs, volume, out / f"{name}_lungs.nii.gz", np.uint8))
     if preview and seg.searched:
         from medseg.report.preview import write_preview

@@ -170,10 +170,10 @@ def collect_candidates(
     min_mm: float = 5.0,
     sizes: dict[str, dict[int, float]] | None = None,
 ) -> list[ScanCandidates]:
-    """Run ``segmenter`` (confidence cut off) on each (name, image, truth) and gather candidates.
+    """Run ``segmenter.segment`` (confidence cut off) on each (name, image, truth) and gather candidates.
 
-    Each scan's outputs stay in ``work_dir/<name>/`` with a ``candidates.json``, so an interrupted
-    run resumes. ``sizes`` gives true nodule diameters per scan (phantoms); otherwise a nodule's
+    Each scan's candidates are kept in ``work_dir/<name>/candidates.json``, so an interrupted run
+    resumes. ``sizes`` gives true nodule diameters per scan (phantoms); otherwise a nodule's
     equivalent diameter from its mask decides whether it counts (>= ``min_mm``).
     """
     from medseg.io import read_volume
@@ -188,11 +188,13 @@ def collect_candidates(
             out.append(ScanCandidates(name, data["candidates"], data["nodules"]))
             continue
         d.mkdir(parents=True, exist_ok=True)
-        res = segmenter.run(image_path, d, case_name="scan")
         image, truth = read_volume(image_path), read_volume(truth_path)
-        labels = read_volume(res.outputs["nodules"]).array
-        prob = read_volume(res.outputs["probabilities"]).array
-        lungs = read_volume(res.outputs["lungs"]).array
+        seg = segmenter.segment(image, keep_probabilities=True)
+        if not seg.searched:
+            log.warning("%s: no plausible lung, no candidates", name)
+            continue
+        labels, prob = seg.labels, seg.probability_full()
+        lungs = seg.lungs if seg.lungs is not None else np.ones(image.shape, np.uint8)
         t = np.asarray(truth.array)
         if t.dtype.kind == "f":
             t = np.rint(t).astype(np.int64)
@@ -272,9 +274,10 @@ def train_fp_reduction(
         if phantoms:
             ph_scans, sizes = phantom_scans(phantoms, seed, shape, spacing, work / "phantoms")
             scans += ph_scans
+        # the fine pass's candidates only: masses come from the coarse pass, which no classifier scores
         seg = Segmenter(InferenceSettings(model=None if model is None else str(model), device=device, quiet=True,
-                                          preview=False, save_probabilities=True, dicom_seg=False,
-                                          min_confidence=0.0, crf=None))
+                                          preview=False, dicom_seg=False, min_confidence=0.0, crf=None,
+                                          masses=False))
         seg.plan.inference.candidate_classifier = None  # candidates of the network, not of an older fit
         cands = collect_candidates(seg, scans, work / "candidates", min_mm=min_mm, sizes=sizes)
     result = fit_fp_reduction(cands, target_fp_per_scan, folds=folds, l2=l2)

@@ -254,7 +254,8 @@ def _datasets(train_cases: list, val_cases: list, plan: Any, task: dict[str, Any
               quiet: bool) -> tuple[Any, Any]:
     from monai.data import CacheDataset
 
-    from medseg.transforms import train_transforms, val_transforms
+    from medseg.training.trainer import ValidationCase
+    from medseg.transforms import train_transforms
 
     def items(cs: list) -> list[dict[str, str]]:
         return [{"image": c.image, "label": c.label, "key": c.key} for c in cs]
@@ -262,6 +263,6 @@ def _datasets(train_cases: list, val_cases: list, plan: Any, task: dict[str, Any
     workers = max(1, min(4, (os.cpu_count() or 1)))
     train_ds = CacheDataset(items(train_cases), train_transforms(plan, task), cache_rate=cache_rate,
                             num_workers=workers, progress=not quiet)
-    val_ds = CacheDataset(items(val_cases), val_transforms(plan), cache_rate=1.0, num_workers=workers,
-                          progress=not quiet)
+    # validation cases are read as inference reads them: the scan on its own grid, no transforms
+    val_ds = [ValidationCase.read(c.image, c.label) for c in val_cases]
     return train_ds, val_ds

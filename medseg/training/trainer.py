@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.io.volume import Volume
 from medseg.models import save_checkpoint
 from medseg.plan import Plan
 from medseg.training.distributed import DistInfo, all_reduce_sum, gather_objects
@@ -24,6 +25,20 @@ from medseg.training.metrics import MetricsLogger
 from medseg.training.optim import WarmupCosine, build_optimizer
 
 log = logging.getLogger("medseg.training")
+
+
+@dataclass
+class ValidationCase:
+    """A validation case as inference sees it: the scan on its own grid and its foreground."""
+
+    volume: Volume
+    truth: np.ndarray  # bool, on the volume's grid
+
+    @classmethod
+    def read(cls, image: str, label: str) -> ValidationCase:
+        from medseg.io import read_volume
+
+        return cls(read_volume(image), np.asarray(read_volume(label).array) > 0)
 
 
 @dataclass
@@ -116,7 +131,7 @@ class Trainer:
 
     def __init__(
         self, model: torch.nn.Module, plan: Plan, task: dict[str, Any], train_ds: torch.utils.data.Dataset,
-        val_ds: Sequence[dict[str, Any]], run_dir: Path, device: torch.device, dist_info: DistInfo,
+        val_ds: Sequence[ValidationCase], run_dir: Path, device: torch.device, dist_info: DistInfo,
         config: TrainConfig,
     ) -> None:
         self.plan, self.task, self.run_dir, self.device = plan, task, Path(run_dir), device
@@ -223,32 +238,34 @@ class Trainer:
         self.scaler.update()
         return float(loss.detach())
 
+    def _validation_segmenter(self):  # noqa: ANN202
+        """The shipped inference path (crop mode, no CRF) around the network being trained."""
+        from medseg.inference.pipeline import InferenceSettings, Segmenter
+        from medseg.inference.predictor import Predictor
+        from medseg.models.precision import precision_name
+
+        predictor = Predictor(self.module, self.plan, device=self.device, precision=precision_name(self.amp_dtype))
+        return Segmenter(InferenceSettings(lung_mask=False, crf=False, masses=False, quiet=True, preview=False),
+                         predictor=predictor)
+
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean Dice of the foreground over this rank's share of the validation cases (all ranks)."""
-        from monai.inferers import sliding_window_inference
+        """Mean foreground Dice over this rank's share of the validation cases (all ranks).
 
-        from medseg.transforms import pad_value
-
-        net = self.module
-        net.eval()
+        Each case goes through ``Segmenter.segment``, the path ``medseg infer --crop-mode`` and
+        ``benchmarks/lidc_accuracy.py`` take, and is scored on its own grid: the Dice printed here
+        is the Dice of what ships."""
+        segmenter = self._validation_segmenter()
+        threshold = self.plan.inference.threshold
         total, count = 0.0, 0
-        inf = self.plan.inference
         for i in range(self.dist.rank, len(self.val_ds), self.dist.world_size):
-            item = self.val_ds[i]
-            image = _plain(item["image"])[None].to(self.device)
-            label = _plain(item["label"])[0].to(self.device) > 0.5
-            with self._autocast():
-                logits = sliding_window_inference(
-                    image, roi_size=self.plan.patch_size, sw_batch_size=inf.sw_batch_size, predictor=net,
-                    overlap=inf.overlap, mode=inf.blend_mode, cval=pad_value(self.plan.intensity),
-                )
-            pred = logits.float().argmax(1)[0] > 0
-            denom = int(pred.sum() + label.sum())
-            if label.sum() == 0:
+            case = self.val_ds[i]
+            if not case.truth.any():
                 continue  # Dice is undefined without foreground: such cases do not count
-            total += 2.0 * float((pred & label).sum()) / denom
+            pred = segmenter.segment(case.volume, keep_probabilities=True).probability_full() >= threshold
+            total += 2.0 * float((pred & case.truth).sum()) / float(pred.sum() + case.truth.sum())
             count += 1
+        self.module.train()
         total, count = all_reduce_sum([total, float(count)], self.dist, self.device)
         return total / count if count else None
 
@@ -258,11 +275,8 @@ class Trainer:
         share = range(self.dist.rank, len(self.val_ds), self.dist.world_size)
         roi = np.array(self.plan.patch_size)
         inf = self.plan.inference
-        windows = 0
-        for i in share:
-            shape = np.array(_plain(self.val_ds[i]["image"]).shape[1:])
-            step = np.maximum(1, (roi * (1 - inf.overlap)).astype(int))
-            windows += int(np.prod(np.ceil(np.maximum(shape - roi, 0) / step) + 1))
+        predictor = self._validation_segmenter().predictor
+        windows = sum(predictor.count_windows(self.val_ds[i].volume, None) for i in share)
         if not windows:
             return 2.0
         net = self.module
