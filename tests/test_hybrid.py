@@ -491,3 +491,14 @@ def test_real_lidc_nodules_in_the_real_5mm_chest(shared_data):
     untouched = scan.volume.array == bg.array
     assert untouched.mean() > 0.99
     assert hybrid.hybrid_info(scan)["background"] == "chest_ct_5mm_mass.nrrd"
+
+
+def test_hybrids_of_one_background_are_one_patient_in_splits(tmp_path) -> None:
+    """Two hybrids of one background never land on both sides of a training split."""
+    for i, bg in enumerate(["a.nrrd", "a.nrrd", "b.nrrd"]):
+        vol = Volume(np.zeros((4, 4, 4), np.int16), (1.0, 1.0, 1.0))
+        write_mask(vol.array, vol, tmp_path / f"h{i}.nii.gz", np.int16)
+        write_mask(vol.array.astype(np.uint16), vol, tmp_path / f"h{i}_nodules.nii.gz", np.uint16)
+        (tmp_path / f"h{i}.json").write_text(json.dumps({"generator": "medseg.data.hybrid", "background": bg}))
+    groups = {c.key.split("/")[-1]: c.group for c in read_dataset(tmp_path)}
+    assert groups["h0"] == groups["h1"] != groups["h2"]

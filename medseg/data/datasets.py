@@ -135,8 +135,23 @@ def _read_phantoms(root: Path, name: str) -> list[Case]:
         image = root / f"{base}{label.name[len(stem):]}"
         if not image.is_file():
             raise InputError(label, f"phantom label without its CT {image.name}")
-        cases.append(_case(name, base, image, label, "phantoms"))
+        case = _case(name, base, image, label, "phantoms")
+        background = _hybrid_background(root / f"{base}.json")
+        if background:  # hybrids of one real background are one patient: never on both sides of a split
+            case = Case(case.key, case.image, case.label, f"{name}/background:{background}", name, case.layout)
+        cases.append(case)
     return cases
+
+
+def _hybrid_background(info: Path) -> str | None:
+    """The real background a hybrid scan was built in (``medseg.data.hybrid``'s JSON), if any."""
+    if not info.is_file():
+        return None
+    try:
+        data = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("background") if isinstance(data, dict) and data.get("generator") == "medseg.data.hybrid" else None
 
 
 def _case(dataset: str, name: str, image: Path, label: Path, layout: str) -> Case:
