@@ -306,3 +306,44 @@ def test_min_confidence_from_the_plan_cuts_whole_scan_candidates_only(tiny_ckpt,
     crop = oracle_segmenter(tiny_ckpt, lung_mask=False)
     crop.plan.inference.min_confidence = 0.999
     assert crop.postprocess_settings(whole_scan=False).min_confidence == 0.0  # a crop holds its nodule
+
+
+def test_seeds_segment_the_nodule_at_each_point_in_any_convention(tiny_ckpt, phantoms, tmp_path) -> None:
+    from medseg.inference.seeds import read_seeds, segment_seeds
+
+    path, ph = phantoms["RAS"]  # an RAS array: voxel indices and world conventions all differ
+    vol = read_volume(path)
+    truth = ph.nodules.array
+    specs = ph.info["nodules"]
+    far = np.array(specs[0]["centre_lps_mm"]) + np.array([0.0, 0.0, 200.0])  # outside the scan
+    rows = {"lps": ["id,x_lps_mm,y_lps_mm,z_lps_mm"], "ras": ["x_ras_mm,y_ras_mm,z_ras_mm"], "ijk": ["i,j,k"]}
+    for n, s in enumerate(specs):
+        lps = np.array(s["centre_lps_mm"])
+        rows["lps"].append(f"n{n},{lps[0]},{lps[1]},{lps[2]}")
+        rows["ras"].append(f"{-lps[0]},{-lps[1]},{lps[2]}")
+        rows["ijk"].append(",".join(str(v) for v in np.round(vol.world_to_index(lps), 2)))
+    rows["lps"].append(f"outside,{far[0]},{far[1]},{far[2]}")
+    seg = oracle_segmenter(tiny_ckpt)
+    for kind, lines in rows.items():
+        csv_path = tmp_path / f"{kind}.csv"
+        csv_path.write_text("\n".join(lines) + "\n")
+        seeds = read_seeds(csv_path, vol)
+        labels, results = segment_seeds(seg, vol, seeds)
+        assert [r.found for r in results[: len(specs)]] == [True] * len(specs), kind
+        for r, s in zip(results, specs):
+            t = truth == s["id"]
+            got = labels == r.label
+            assert (got & t).sum() > 0.5 * got.sum(), f"{kind}: the seed's own nodule, nothing else"
+            if s["diameter_mm"] >= 7.5:  # the oracle thresholds after two resamplings: small ones shrink
+                assert 2 * (got & t).sum() / (got.sum() + t.sum()) > 0.6, kind
+        if kind == "lps":
+            assert results[0].seed.id == "n0" and not results[-1].found and results[-1].label is None
+
+
+def test_seeds_csv_without_a_named_convention_is_refused(tmp_path, phantoms) -> None:
+    from medseg.inference.seeds import read_seeds
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y,z\n1,2,3\n")
+    with pytest.raises(InputError, match="x_lps_mm"):
+        read_seeds(bad, read_volume(phantoms["LPS"][0]))
