@@ -21,6 +21,7 @@ __all__ = [
     "batch",
     "evaluate",
     "infer",
+    "measure",
     "read_volume",
     "train",
     "train_fp",
@@ -30,8 +31,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # train/infer/evaluate/batch load their stage on first use (see medseg.api)
-    if name in ("train", "train_fp", "infer", "evaluate", "batch"):
+    # train/infer/evaluate/batch/measure load their stage on first use (see medseg.api)
+    if name in ("train", "train_fp", "infer", "evaluate", "batch", "measure"):
         from medseg import api
 
         return getattr(api, name)

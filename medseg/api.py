@@ -1,4 +1,4 @@
-"""The Python API: ``train()``, ``train_fp()``, ``infer()``, ``evaluate()``, ``batch()``.
+"""The Python API: ``train()``, ``train_fp()``, ``infer()``, ``evaluate()``, ``batch()``, ``measure()``.
 
 The CLI is a thin layer over these. Each one is implemented in its stage's package and imported
 on first use, so ``import medseg`` stays fast and a stage's heavy dependencies load only when used.
@@ -16,6 +16,7 @@ _IMPLEMENTATIONS = {
     "infer": "medseg.inference.pipeline:infer",
     "evaluate": "medseg.evaluation.api:evaluate",
     "batch": "medseg.batch.runner:run_batch",
+    "measure": "medseg.report.measure_mask:measure_mask",
 }
 
 __all__ = sorted(_IMPLEMENTATIONS)

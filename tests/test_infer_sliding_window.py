@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,44 @@ def test_plan_inference_window_is_data_not_code():
     data["inference"]["window"] = [34, 32, 16]  # not divisible by the network's total stride (4)
     with pytest.raises(ValueError, match="divisible"):
         Predictor(model, Plan.from_dict(data))
+
+
+def monai_window_starts(image_size, roi, overlap) -> set[tuple[int, int, int]]:
+    """Where MONAI's sliding_window_inference puts its windows, read off the windows themselves: the
+    image holds each voxel's linear index, so a window's first voxel names its start."""
+    n = int(np.prod(image_size))
+    image = torch.arange(n, dtype=torch.float64).reshape(1, 1, *image_size)
+    starts: set[tuple[int, int, int]] = set()
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        for w in x[:, 0]:
+            starts.add(tuple(int(v) for v in np.unravel_index(int(w[0, 0, 0]), image_size)))
+        return x
+
+    sliding_window_inference(image, roi, 1, record, overlap=overlap, mode="constant")
+    return starts
+
+
+@pytest.mark.parametrize("image_size, roi, overlap", [
+    ((40, 34, 30), (16, 16, 8), 0.5),
+    ((40, 34, 30), (16, 16, 8), 0.25),
+    ((37, 16, 23), (16, 16, 8), 0.0),  # one axis exactly one window
+    ((20, 21, 9), (16, 16, 8), 0.9),  # steps of int(16 * 0.1) = 1 and int(8 * 0.1) = 0 -> 1
+    ((16, 16, 8), (16, 16, 8), 0.5),  # the image is the window
+])
+def test_window_grid_places_windows_where_monai_does(image_size, roi, overlap) -> None:
+    from medseg.inference.sliding_window import scan_interval
+
+    ours = {tuple(s.start for s in w) for w in window_grid(image_size, roi, overlap)}
+    assert ours == monai_window_starts(image_size, roi, overlap)
+    steps = scan_interval(image_size, roi, overlap)
+    assert all(s >= 1 for s in steps)
+    assert [s for s, n, r in zip(steps, image_size, roi) if n == r] == [r for n, r in zip(image_size, roi) if n == r]
+
+
+def test_no_private_monai_import_is_left() -> None:
+    import medseg
+
+    root = Path(medseg.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "_get_scan_interval" in p.read_text()]
+    assert offenders == []

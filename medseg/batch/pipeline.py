@@ -30,7 +30,7 @@ from medseg.errors import InputError
 STEPS = ["discover", "segment", "summarise"]
 #: InferenceSettings fields a pipeline may set (mirrors medseg.inference.pipeline.InferenceSettings).
 INFERENCE_KEYS = ("model", "device", "tta", "overlap", "min_confidence", "save_probabilities", "lung_mask", "crf",
-                  "dicom_seg", "preview")
+                  "dicom_seg", "preview", "on_no_lung", "masses", "precision", "output_format")
 EXECUTION_KEYS = ("workers", "scheduler", "cluster")
 TOP_KEYS = ("pipeline", "version", "description", "steps", "input", "output", "inference", "execution")
 CLUSTER_TYPES = ("local", "slurm", "pbs", "sge", "lsf", "htcondor", "moab", "oar")
@@ -45,8 +45,9 @@ def default_pipeline() -> dict[str, Any]:
         "input": None,
         "output": None,
         "inference": {"model": None, "device": "auto", "tta": False, "overlap": None, "min_confidence": None,
-                      "save_probabilities": False,
-                      "lung_mask": True, "crf": None, "dicom_seg": True, "preview": True},
+                      "save_probabilities": False, "lung_mask": True, "crf": None, "dicom_seg": True,
+                      "preview": True, "on_no_lung": "fail", "masses": True, "precision": None,
+                      "output_format": "nii.gz"},
         "execution": {"workers": None, "scheduler": None, "cluster": None},
     }
 
@@ -80,6 +81,7 @@ def load_pipeline(source: str | os.PathLike[str] | dict[str, Any] | None) -> dic
         _only(values, keys, where, section)
         merged[section].update(values)
     merged.update({k: v for k, v in data.items() if v is not None})
+    check_inference(merged["inference"], where)
     cluster = merged["execution"].get("cluster")
     if cluster is not None:
         if not isinstance(cluster, dict) or cluster.get("type") not in CLUSTER_TYPES:
@@ -87,6 +89,25 @@ def load_pipeline(source: str | os.PathLike[str] | dict[str, Any] | None) -> dic
         if merged["execution"].get("scheduler"):
             raise InputError(where, "set execution.scheduler or execution.cluster, not both")
     return merged
+
+
+#: allowed values of the inference settings that take one of a few words (None: the model's)
+CHOICES = {"on_no_lung": ("fail", "search_body"), "precision": (None, "auto", "fp32", "bf16", "fp16")}
+
+
+def check_inference(values: dict[str, Any], where: Any) -> None:
+    """Refuse a setting that every case would fail on (checked once, before any worker starts)."""
+    import re
+
+    from medseg.io.writers import OUTPUT_FORMATS
+
+    choices = {**CHOICES, "output_format": OUTPUT_FORMATS}
+    for key, allowed in choices.items():
+        if values.get(key) not in allowed:
+            shown = ", ".join("null" if a is None else str(a) for a in allowed)
+            raise InputError(where, f"inference.{key} must be one of {shown}, got {values.get(key)!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(values.get("device"))):
+        raise InputError(where, f"inference.device must be auto, cpu, cuda or cuda:N, got {values.get('device')!r}")
 
 
 def dump_pipeline(pipeline: dict[str, Any]) -> str:

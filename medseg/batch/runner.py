@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.batch.discover import Case, discover
-from medseg.batch.pipeline import dump_pipeline, load_pipeline
+from medseg.batch.pipeline import check_inference, default_pipeline, dump_pipeline, load_pipeline
 from medseg.batch.state import BatchState
 from medseg.batch.summary import write_tables
 from medseg.errors import InputError
@@ -261,6 +261,9 @@ def _run_local(cases: list[Case], out_dir: str, settings: dict[str, Any], case_f
 
     ctx = mp.get_context("spawn")
     gpus = _cuda_devices(settings)
+    if gpus and str(settings.get("device")).startswith("cuda:"):
+        # each worker sees only its GPU (CUDA_VISIBLE_DEVICES), where cuda:N is device 0
+        settings = {**settings, "device": "cuda"}
     threads = max(1, _cores() // workers)
     pending = deque(cases)
     deaths: dict[str, int] = {}
@@ -306,9 +309,21 @@ def _requeue_or_fail(case: Case, deaths: dict[str, int], pending: deque, out_dir
 
 
 # -- Dask --------------------------------------------------------------------------------------
+def _distributed() -> Any:
+    """The ``distributed`` module, or a clear error naming the extra that installs it."""
+    try:
+        import distributed
+    except ImportError as exc:
+        from medseg.errors import MissingExtraError
+
+        raise MissingExtraError("a Dask scheduler or cluster", "cluster", why="dask and distributed") from exc
+    return distributed
+
+
 def _dask_client(scheduler: str | None, cluster: dict[str, Any] | None, workers: int) -> tuple[Any, Any]:
     """(client, cluster we started or None)."""
-    from distributed import Client, LocalCluster
+    distributed = _distributed()
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
     if not log.isEnabledFor(logging.DEBUG):  # their INFO chatter would drown the case log (--debug shows it)
         for name in ("distributed", "dask_jobqueue"):
@@ -324,7 +339,12 @@ def _dask_client(scheduler: str | None, cluster: dict[str, Any] | None, workers:
         spec.setdefault("dashboard_address", ":0")  # any free port: never clash with a running cluster
         started = LocalCluster(**spec)
     else:
-        import dask_jobqueue
+        try:
+            import dask_jobqueue
+        except ImportError as exc:
+            from medseg.errors import MissingExtraError
+
+            raise MissingExtraError(f"a {kind} cluster", "cluster", why="dask-jobqueue") from exc
 
         jobs = int(spec.pop("jobs", 1))
         classes = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster",
@@ -337,9 +357,8 @@ def _dask_client(scheduler: str | None, cluster: dict[str, Any] | None, workers:
 def _run_dask(cases: list[Case], out_dir: str, settings: dict[str, Any], case_fn: CaseFunction | None,
               workers: int, scheduler: str | None, cluster: dict[str, Any] | None,
               on_record: Callable[[dict[str, Any]], None]) -> None:
-    from distributed import as_completed
-
     client, started = _dask_client(scheduler, cluster, workers)
+    as_completed = _distributed().as_completed
     try:
         # Keep every worker thread busy with a little queue, without flooding the scheduler.
         n_slots = max(workers, sum(client.nthreads().values()))
@@ -402,6 +421,7 @@ def run_batch(
     unknown = sorted(set(inference) - set(plan["inference"]))
     if unknown:
         raise TypeError(f"run_batch() got unknown settings {unknown}")
+    check_inference(inference, "settings")
     execution = plan["execution"]
     source = inputs if inputs is not None else plan.get("input")
     out = out_dir if out_dir is not None else plan.get("output")
@@ -419,6 +439,8 @@ def run_batch(
     if workers < 0:
         raise InputError(None, f"workers must be 0 or more, got {workers}")
     _check_model(inference.get("model"), case_fn)
+    if scheduler is not None or cluster is not None:
+        _distributed()  # before anything is written: a clear error when the cluster extra is missing
     if inference.get("model"):  # absolute: the recorded pipeline must not depend on the current folder
         inference["model"] = str(Path(inference["model"]).resolve())
 
@@ -434,7 +456,8 @@ def run_batch(
         state.prepare()
         fn_name = f"{case_fn.__module__}.{case_fn.__qualname__}" if case_fn else "medseg.batch.runner.segment_case"
         state.check_settings({**{k: v for k, v in inference.items() if k not in _RUNTIME_ONLY},
-                              "model_file": _file_identity(inference.get("model")), "case_fn": fn_name})
+                              "model_file": _file_identity(inference.get("model")), "case_fn": fn_name},
+                             defaults=default_pipeline()["inference"])
         resolved = {**plan, "input": source_text, "output": str(out.resolve()), "inference": inference,
                     "execution": {"workers": workers, "scheduler": scheduler, "cluster": cluster}}
         write_text_atomic(out / "pipeline.yaml", dump_pipeline(resolved))

@@ -70,14 +70,20 @@ class BatchState:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Refuse to resume into OUT with different result-changing settings (stale results)."""
+    def check_settings(self, settings: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+        """Refuse to resume into OUT with different result-changing settings (stale results).
+
+        A setting that a run recorded by an older medseg did not have yet counts as unchanged
+        while it is at its value in ``defaults`` (what that older run did).
+        """
         path = self.dir / "run.json"
         if path.is_file():
             try:
                 previous = json.loads(path.read_text(encoding="utf-8")).get("settings")
             except (OSError, ValueError):
                 previous = None
+            if previous is not None:
+                previous = {**{k: v for k, v in _jsonable(defaults or {}).items() if k in settings}, **previous}
             if previous is not None and previous != _jsonable(settings):
                 changed = sorted(k for k in set(previous) | set(settings)
                                  if previous.get(k) != _jsonable(settings).get(k))

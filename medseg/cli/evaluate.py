@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from medseg.cli._common import InOrder, add_input_option, gather_inputs
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="compare predicted nodule masks with ground truth (file or folders)")
-    p.add_argument("pred", help="predicted mask file, or folder of <case>_nodules.nii.gz / <case>.nii.gz")
-    p.add_argument("gt", help="ground-truth mask file, or folder matched by case name")
+    p.add_argument("pred", nargs="?", action=InOrder, help="predicted mask file, or folder of <case>_nodules.nii.gz / <case>.nii.gz")
+    p.add_argument("gt", nargs="?", action=InOrder, help="ground-truth mask file, or folder matched by case name")
+    add_input_option(p, "PATH")
     p.add_argument("--prob", help="probability map file/folder (<case>_probabilities.nii.gz): adds FROC/CPM")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -27,7 +30,8 @@ def _fmt(v: object, unit: str = "") -> str:
 def run(args: argparse.Namespace) -> int:
     from medseg.evaluation.api import evaluate
 
-    res = evaluate(args.pred, args.gt, probabilities=args.prob, quiet=args.quiet or args.json)
+    pred, gt = gather_inputs(args, "PRED and GT", count=2)
+    res = evaluate(pred, gt, probabilities=args.prob, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(res))
         return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medseg.cli._common import add_output_option, device_name
+
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.replace("x", ",").split(",") if x.strip()]
@@ -21,15 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Works under torchrun for multi-GPU/multi-node DDP.",
     )
     p.add_argument("--task", default="lung_nodule", help="bundled task name or task YAML file (default lung_nodule)")
-    p.add_argument("--data", action="append", required=True, metavar="DIR",
+    p.add_argument("--data", "-i", "--input", dest="data", action="append", required=True, metavar="DIR",
                    help="dataset folder; repeat to combine datasets")
-    p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (plan, split, checkpoints, metrics)")
+    add_output_option(p, "RUN_DIR", "run folder (plan, split, checkpoints, metrics)", required=True)
     p.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
     p.add_argument("--folds", type=int, default=None, help="number of folds (default from task: 5)")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--max-time", type=float, default=None, metavar="MINUTES",
                    help="training time budget incl. validation and checkpoints (data preparation excluded)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="training device (default auto); under torchrun each process takes its local rank's GPU")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from last.pt")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--patch-size", type=_ints, default=None, metavar="X,Y,Z", help="override the planned patch size")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from medseg.cli._common import add_output_option, device_name, require_output
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "chooses the confidence cut for --target-fp false positives per scan on out-of-fold scores. Writes a "
         "copy of the checkpoint whose plan carries both; `medseg infer --model OUT.pt` applies them.",
     )
-    p.add_argument("-o", "--out", required=True, help="checkpoint to write (.pt)")
+    add_output_option(p, "OUT.pt", "checkpoint to write (.pt)", aliases=("--out",), required=True)
     p.add_argument("--model", default=None, help="checkpoint to start from (default: the bundled model)")
-    p.add_argument("--data", action="append", default=[], help="folder of scans with _nodules masks (repeatable)")
+    p.add_argument("--data", "-i", "--input", dest="data", action="append", default=[], metavar="DIR",
+                   help="folder of scans with _nodules masks (repeatable)")
     p.add_argument("--phantoms", type=int, default=0, help="also generate this many whole-scan phantoms")
     p.add_argument("--seed", type=int, default=3000, help="seed of the first phantom (default 3000)")
     p.add_argument("--shape", type=int, nargs=3, default=(224, 224, 112), metavar=("I", "J", "K"))
@@ -25,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-fp", type=float, default=1.0, help="false positives per scan the cut aims at (default 1)")
     p.add_argument("--min-mm", type=float, default=5.0, help="smallest nodule that counts for sensitivity (default 5)")
     p.add_argument("--work-dir", default=None, help="keep per-scan outputs here (resumable); default: a temp folder")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|cuda:N")
     p.add_argument("--quiet", action="store_true", help="only the result line")
     p.set_defaults(func=run)
 
@@ -35,15 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
     from medseg.training.fp_reduction import train_fp_reduction
 
+    out = require_output(args)
     problem = ("give --data folders or --phantoms 2 or more" if not args.data and args.phantoms < 2
                else "--target-fp must be positive" if args.target_fp <= 0 else None)
     if problem:
         print(f"medseg train-fp: {problem}", file=sys.stderr)
         return 2
     res = train_fp_reduction(
-        args.model, args.out, data=args.data, phantoms=args.phantoms, seed=args.seed, shape=tuple(args.shape),
+        args.model, out, data=args.data, phantoms=args.phantoms, seed=args.seed, shape=tuple(args.shape),
         spacing=tuple(args.spacing), target_fp_per_scan=args.target_fp, min_mm=args.min_mm,
         work_dir=args.work_dir, device=args.device,
     )
-    print(json.dumps({"out": args.out, **res.report}))
+    print(json.dumps({"out": out, **res.report}))
     return 0

@@ -39,7 +39,7 @@ class InferenceSettings:
     """How ``medseg infer`` runs."""
 
     model: str | None = None  # checkpoint path; None = bundled model
-    device: str = "auto"  # auto|cpu|cuda
+    device: str = "auto"  # auto|cpu|cuda|cuda:N
     tta: bool = False
     overlap: float | None = None  # sliding-window overlap; None = the model plan's (0.5)
     min_confidence: float | None = None  # component confidence cut; None = the model plan's
@@ -53,6 +53,7 @@ class InferenceSettings:
     on_no_lung: str = "fail"
     masses: bool = True  # the coarse mass pass (when the model's plan has one)
     precision: str | None = None  # auto|fp32|bf16|fp16; None = the model plan's
+    output_format: str = "nii.gz"  # image files: nii.gz|nrrd|mha (medseg.io.writers.OUTPUT_FORMATS)
 
 
 @dataclass
@@ -147,19 +148,22 @@ class Segmenter:
         }
 
     # ----------------------------------------------------------------- the one path
-    def segment(self, image: Any, keep_probabilities: bool | None = None, progress: Any = None) -> Segmentation:
+    def segment(self, image: Any, keep_probabilities: bool | None = None, progress: Any = None,
+                lung_mask: Volume | np.ndarray | None = None) -> Segmentation:
         """Segment one scan (a :class:`Volume`, SimpleITK image or nibabel image) in memory.
 
         ``keep_probabilities`` (default: ``settings.save_probabilities``) keeps the fine pass's
         probability map in the result. A CT without a plausible lung comes back with status
         ``no_lung`` (or ``body_search`` with ``on_no_lung="search_body"``), never as 0 nodules.
+        ``lung_mask``: a precomputed lung mask on the scan's grid, used instead of computing one
+        (a Volume on another grid raises :class:`InputError` naming its file).
         """
         from medseg.inference.lung_mask import ct_warning
 
         volume = as_volume(image)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        lungs = self.lung_mask(volume)
+        lungs = self.lung_mask(volume) if lung_mask is None else _given_lung_mask(volume, lung_mask)
         timings["lung_mask_s"] = time.perf_counter() - t
         warnings = list(lungs.warnings) if lungs is not None else [w for w in [ct_warning(volume)] if w]
         status = STATUS_OK
@@ -241,9 +245,11 @@ class Segmenter:
 
     # ----------------------------------------------------------------- files
     def run(
-        self, input_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], case_name: str | None = None
+        self, input_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], case_name: str | None = None,
+        lung_mask: Volume | np.ndarray | None = None,
     ) -> CaseResult:
-        """Read, segment and write one scan (``<case>_*`` files in ``out_dir``)."""
+        """Read, segment and write one scan (``<case>_*`` files in ``out_dir``); ``lung_mask`` as
+        in :meth:`segment`."""
         from medseg.report.outputs import write_outputs
 
         name = case_name or _case(input_path)
@@ -251,7 +257,7 @@ class Segmenter:
         volume = read_volume(input_path)
         read_s = time.perf_counter() - t
         bar = _progress(self.settings.quiet, name)
-        seg = self.segment(volume, progress=bar.update if bar else None)
+        seg = self.segment(volume, progress=bar.update if bar else None, lung_mask=lung_mask)
         if bar:
             bar.close()
         seg.timings = {"read_s": read_s, **seg.timings}
@@ -260,11 +266,34 @@ class Segmenter:
             log.warning("%s: %s", name, w)
         outputs = write_outputs(seg, out_dir, name, input_path=str(input_path), model=self.model_info(),
                                 settings=dataclasses.asdict(self.settings), preview=self.settings.preview,
-                                dicom_seg=self.settings.dicom_seg)
+                                dicom_seg=self.settings.dicom_seg, output_format=self.settings.output_format)
         largest = max((n["longest_diameter_mm"] for n in seg.nodules), default=None)
         n = len(seg.nodules) if seg.searched else None
         return CaseResult(name, str(input_path), outputs, seg.nodules, n, largest, seg.warnings, seg.timings,
                           seg.status)
+
+
+def _given_lung_mask(volume: Volume, mask: Volume | np.ndarray) -> LungMaskResult:
+    """A precomputed lung mask as a :class:`LungMaskResult` (its lung field is the mask itself)."""
+    from medseg.errors import InputError
+    from medseg.inference.lung_mask import NO_LUNG_ML, ct_warning
+
+    if isinstance(mask, Volume):
+        if not mask.same_grid(volume):
+            raise InputError(mask.source, f"lung mask grid (size {list(mask.shape)}, spacing "
+                                          f"{[round(v, 4) for v in mask.spacing]}) differs from the scan's (size "
+                                          f"{list(volume.shape)}, spacing {[round(v, 4) for v in volume.spacing]}, "
+                                          "or origin/direction): it must lie on the scan's grid")
+        mask = mask.array
+    array = np.asarray(mask)
+    if array.shape != volume.shape:
+        raise InputError(None, f"lung mask shape {array.shape} differs from the scan's {volume.shape}")
+    binary = (array > 0).astype(np.uint8)
+    volume_ml = float(np.count_nonzero(binary)) * volume.voxel_volume_mm3 / 1000.0
+    warnings = [w for w in [ct_warning(volume)] if w]
+    if volume_ml < NO_LUNG_ML:
+        warnings.append(f"no plausible lung in the given lung mask (only {volume_ml:.0f} mL)")
+    return LungMaskResult(binary, volume_ml, warnings, field=binary)
 
 
 def _case(path: str | os.PathLike[str]) -> str:
@@ -283,6 +312,7 @@ def _progress(quiet: bool, name: str):
 def infer(
     inputs: str | os.PathLike[str] | list[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
+    lung_masks: list[str | os.PathLike[str] | None] | None = None,
     **settings: Any,
 ) -> list[CaseResult]:
     """Segment lung nodules in one or more scans (NIfTI/NRRD/MHA files or DICOM folders).
@@ -291,17 +321,38 @@ def infer(
     Outputs go to ``out_dir`` as ``<case>_nodules.nii.gz``, ``<case>_lungs.nii.gz``,
     ``<case>_report.json``, ``<case>_nodules.csv``, ``<case>_preview.png`` and, for DICOM
     input, ``<case>_seg.dcm``. A scan with no plausible lung gets a report with status
-    ``no_lung`` and no nodule files.
+    ``no_lung`` and no nodule files. ``lung_masks``: one precomputed lung mask file (or None)
+    per input, on that scan's grid, used instead of computing one.
+
+    A bad scan (:class:`InputError`) does not stop the others: with one input its error is
+    raised; with several, every other scan is written and then :class:`~medseg.errors.ScansFailed`
+    (an InputError naming each failed scan, holding the good scans' ``results``) is raised.
     """
+    from medseg.errors import InputError, ScanFailure, ScansFailed
+    from medseg.io.writers import image_suffix
+
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    if lung_masks is not None and len(lung_masks) != len(inputs):
+        raise InputError(None, f"{len(lung_masks)} lung mask(s) for {len(inputs)} scan(s): give one per scan, in order")
     segmenter = Segmenter(InferenceSettings(**settings))
+    image_suffix(segmenter.settings.output_format)  # a bad format fails now, not after the first scan
     names = [_case(p) for p in inputs]
     dupes = {n for n in names if names.count(n) > 1}
-    results = []
+    results, failures = [], []
     for i, path in enumerate(inputs):
         name = names[i] if names[i] not in dupes else f"{names[i]}_{i}"
-        results.append(segmenter.run(path, out_dir, case_name=name))
+        try:
+            mask = read_volume(lung_masks[i]) if lung_masks is not None and lung_masks[i] is not None else None
+            results.append(segmenter.run(path, out_dir, case_name=name, lung_mask=mask))
+        except InputError as exc:
+            if len(inputs) == 1:
+                raise
+            log.warning("%s: skipped: %s", name, exc)
+            same = exc.path is None or Path(exc.path) == Path(path)
+            failures.append(ScanFailure(str(path), name, exc.problem if same else str(exc)))
+    if failures:
+        raise ScansFailed(failures, len(inputs), results)
     return results
 
 

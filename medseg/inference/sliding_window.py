@@ -24,14 +24,30 @@ import torch
 from medseg.models.precision import autocast
 
 
+def scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> tuple[int, ...]:
+    """Window step per axis, as MONAI's ``sliding_window_inference`` computes it.
+
+    ``int(roi * (1 - overlap))``, at least 1; an axis whose image size equals the window's gets a
+    step of the whole window (one window, whatever the overlap).
+    """
+    if len(image_size) != len(roi_size):
+        raise ValueError(f"image size {tuple(image_size)} and window {tuple(roi_size)} differ in dimensions")
+    steps = []
+    for n, r in zip(image_size, roi_size):
+        if int(r) == int(n):
+            steps.append(int(r))
+        else:
+            steps.append(max(int(int(r) * (1.0 - float(overlap))), 1))
+    return tuple(steps)
+
+
 def window_grid(
     image_size: Sequence[int], roi_size: Sequence[int], overlap: float
 ) -> list[tuple[slice, slice, slice]]:
     """The windows MONAI would visit for this image/window/overlap (image at least ``roi_size``)."""
     from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
 
-    scan = _get_scan_interval(tuple(image_size), tuple(roi_size), 3, (float(overlap),) * 3)
+    scan = scan_interval(image_size, roi_size, overlap)
     return [tuple(s) for s in dense_patch_slices(tuple(image_size), tuple(roi_size), scan)]  # type: ignore[misc]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.io.limits import check_fits_in_memory, check_geometry, check_spacing
 from medseg.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -86,9 +87,13 @@ def _read_nifti(p: Path) -> Volume:
     import nibabel as nib
 
     try:
-        img = nib.load(str(p))
-        array = np.asanyarray(img.dataobj)
+        img = nib.load(str(p))  # the header only: voxel data is read below, after the checks
     except Exception as exc:  # nibabel raises many types for truncated/corrupt files
+        raise InputError(p, f"cannot read NIfTI file, truncated or corrupt ({exc.__class__.__name__}: {exc})") from exc
+    _check_nifti_header(p, img)
+    try:
+        array = np.asanyarray(img.dataobj)
+    except Exception as exc:
         raise InputError(p, f"cannot read NIfTI file, truncated or corrupt ({exc.__class__.__name__}: {exc})") from exc
     array = _as_3d(np.asarray(array), p)
     if not np.all(np.isfinite(img.affine)):
@@ -100,20 +105,46 @@ def _read_nifti(p: Path) -> Volume:
     return vol
 
 
+def _check_nifti_header(p: Path, img: Any) -> None:
+    """Spacing and size from the header as stored, before any voxel data is read.
+
+    nibabel silently reads a pixdim of 0 as 1 mm and a negative one as its absolute value, so the
+    stored header is read again unchecked: the spacing that gives the affine must be valid (the
+    sform's axes when ``sform_code`` > 0, else ``pixdim``, which the qform and the fallback use).
+    """
+    from nibabel.openers import ImageOpener
+
+    hdr = img.header
+    shape = tuple(int(n) for n in hdr.get_data_shape())
+    try:
+        with ImageOpener(str(p)) as fh:
+            raw = type(hdr).from_fileobj(fh, check=False)
+    except Exception as exc:
+        raise InputError(p, f"cannot read NIfTI header ({exc.__class__.__name__}: {exc})") from exc
+    n = min(len(shape), 3)
+    if int(raw["sform_code"]) > 0:
+        srow = np.stack([raw["srow_x"], raw["srow_y"], raw["srow_z"]]).astype(np.float64)[:, :3]
+        check_spacing(p, np.linalg.norm(srow, axis=0)[:n], "NIfTI sform (srow_x/y/z)")
+    else:
+        where = "NIfTI pixdim" + ("" if int(raw["qform_code"]) > 0 else " (no qform or sform)")
+        check_spacing(p, [float(v) for v in raw["pixdim"][1 : 1 + n]], where)
+    slope, inter = hdr.get_slope_inter()
+    scaled = slope not in (None, 1.0) or inter not in (None, 0.0)
+    check_fits_in_memory(p, shape, 8 if scaled else hdr.get_data_dtype().itemsize)
+
+
 def _read_itk(p: Path) -> Volume:
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
     try:
-        img = sitk.ReadImage(str(p))
+        reader.ReadImageInformation()  # the header only
+        _check_itk_header(p, reader)
+        img = reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
         raise InputError(p, f"cannot read image, truncated or corrupt ({first})") from exc
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(p, f"image has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar image")
-    if img.GetDimension() == 2:
-        raise InputError(p, f"image is 2D (size {img.GetSize()}); medseg needs a 3D volume")
-    if img.GetDimension() != 3:
-        raise InputError(p, f"expected a 3D volume, got {img.GetDimension()} dimensions")
     array = _as_3d(sitk.GetArrayFromImage(img).transpose(2, 1, 0), p)
     modality = None
     if img.HasMetaDataKey("Modality"):
@@ -127,6 +158,24 @@ def _read_itk(p: Path) -> Volume:
         source=str(p),
         meta={"format": p.suffix.lower().lstrip(".")},
     )
+
+
+def _check_itk_header(p: Path, reader: Any) -> None:
+    """Dimensions, components, spacing, geometry and size from a header read without its data."""
+    import SimpleITK as sitk
+
+    components = reader.GetNumberOfComponents()
+    if components != 1:
+        raise InputError(p, f"image has {components} components per voxel; expected a scalar image")
+    dim = reader.GetDimension()
+    if dim == 2:
+        raise InputError(p, f"image is 2D (size {reader.GetSize()}); medseg needs a 3D volume")
+    if dim != 3:
+        raise InputError(p, f"expected a 3D volume, got {dim} dimensions")
+    check_spacing(p, reader.GetSpacing(), "image header")
+    check_geometry(p, reader.GetOrigin(), reader.GetDirection())
+    itemsize = sitk.Image([1, 1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
+    check_fits_in_memory(p, reader.GetSize(), itemsize)
 
 
 def as_volume(image: Any) -> Volume:

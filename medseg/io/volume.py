@@ -40,8 +40,10 @@ class Volume:
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
         self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
-        if min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be positive, got {self.spacing}")
+        if not all(np.isfinite(self.spacing)) or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be finite and positive, got {self.spacing}")
+        if not (np.all(np.isfinite(self.origin)) and np.all(np.isfinite(self.direction))):
+            raise ValueError(f"origin and direction must be finite, got {self.origin}, {self.direction.tolist()}")
 
     # ----------------------------------------------------------------- geometry
     @property
@@ -105,8 +107,8 @@ class Volume:
         affine = np.asarray(affine, dtype=np.float64)
         lin = _LPS_TO_RAS @ affine[:3, :3]
         spacing = np.linalg.norm(lin, axis=0)
-        if np.any(spacing <= 0):
-            raise ValueError("affine has a zero-length axis")
+        if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+            raise ValueError("affine has a zero-length or non-finite axis")
         direction = lin / spacing
         origin = _LPS_TO_RAS @ affine[:3, 3]
         return cls(array=array, spacing=tuple(spacing), origin=tuple(origin), direction=direction, **kwargs)

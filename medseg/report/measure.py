@@ -1,11 +1,15 @@
 """Per-nodule clinical measurements in world geometry (right for any orientation and spacing).
 
 Coordinates are computed from voxel centres through the volume's ``direction @ diag(spacing)``
-matrix, so oblique and anisotropic grids give true millimetres.
+matrix, so oblique and anisotropic grids give true millimetres. The axial long and short axes
+(Lung-RADS, RECIST) are measured on planes perpendicular to the patient's z axis: the grid's own
+slices when one grid axis runs along z (any permutation or flip, any in-plane rotation), else
+planes resampled from the mask in world space.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,8 @@ SOLID_SHARE = 0.8
 GGO_SHARE = 0.2
 #: A lesion is a mass, not a nodule, from this longest diameter (mm; Fleischner glossary).
 MASS_MM = 30.0
+#: A grid axis whose direction is this close to the patient's z axis (1 - |cos|) has axial slices.
+AXIAL_TOL = 1e-3
 
 
 def longest_diameter_mm(mask: np.ndarray, volume: Volume, offset: tuple[int, int, int] = (0, 0, 0)) -> float:
@@ -45,6 +51,94 @@ def longest_diameter_mm(mask: np.ndarray, volume: Volume, offset: tuple[int, int
     return float(np.sqrt(d2.max()))
 
 
+def axial_diameters_mm(mask: np.ndarray, volume: Volume,
+                       offset: tuple[int, int, int] = (0, 0, 0)) -> tuple[float, float]:
+    """(long axis, short axis) in mm of a binary mask, as Lung-RADS and RECIST measure them.
+
+    On the axial plane (perpendicular to the patient's z axis) where the long axis is largest: the
+    long axis is the largest distance between points of the mask's outline on that plane, the
+    short axis the mask's largest extent perpendicular to it on the same plane. Outlines are
+    ``skimage.measure.find_contours`` at the mask's edge (half-way between voxel centres inside
+    and outside), so the axes run edge to edge as a reader measures them on screen. ``mask`` may
+    be a sub-block of ``volume``'s grid starting at voxel ``offset``.
+    """
+    best = (0.0, 0.0)
+    if not mask.any():
+        return best
+    for plane, step_mm in _axial_planes(mask.astype(bool), volume, offset):
+        points = _outline_points(plane) @ step_mm.T  # (n, 2) world mm within the plane
+        long_axis, short_axis = _long_short_axes(points)
+        if long_axis > best[0]:
+            best = (long_axis, short_axis)
+    return best
+
+
+def _axial_planes(mask: np.ndarray, volume: Volume,
+                  offset: tuple[int, int, int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (2D image whose 0.5 level is the mask's edge, 2x2 matrix: index step -> world x/y mm)
+    for each axial plane through the mask."""
+    z_row = np.abs(volume.direction[2])
+    k = int(np.argmax(z_row))
+    if z_row[k] >= 1.0 - AXIAL_TOL:  # the grid's slices along axis k are axial
+        a, b = (ax for ax in range(3) if ax != k)
+        step = volume.direction[:2][:, [a, b]] * np.asarray(volume.spacing)[[a, b]]
+        for s in range(mask.shape[k]):
+            plane = np.take(mask, s, axis=k)
+            if plane.any():
+                yield plane.astype(np.float32), step
+        return
+    yield from _resampled_axial_planes(mask, volume, offset)
+
+
+def _resampled_axial_planes(mask: np.ndarray, volume: Volume,
+                            offset: tuple[int, int, int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Oblique grid: the mask interpolated (trilinear) on world-aligned axial planes spaced by the
+    finest voxel size; its edge is then the 0.5 level, as on the grid's own slices."""
+    step = float(min(volume.spacing))
+    world = volume.index_to_world(np.argwhere(mask) + np.asarray(offset))
+    margin = max(volume.spacing)
+    lo, hi = world.min(axis=0) - margin, world.max(axis=0) + margin
+    xs, ys, zs = (np.arange(lo[d], hi[d] + step, step) for d in range(3))
+    gx, gy = np.meshgrid(xs, ys, indexing="ij")
+    to_index = np.linalg.inv(volume.direction @ np.diag(volume.spacing))
+    data = mask.astype(np.float32)
+    for z in zs:
+        pts = np.stack([gx, gy, np.full_like(gx, z)], axis=-1).reshape(-1, 3)
+        ijk = (pts - np.asarray(volume.origin)) @ to_index.T - np.asarray(offset)
+        plane = ndimage.map_coordinates(data, ijk.T, order=1, mode="constant", cval=0.0).reshape(gx.shape)
+        if (plane > 0.5).any():
+            yield plane, np.diag([step, step])
+
+
+def _outline_points(plane: np.ndarray) -> np.ndarray:
+    """Sub-pixel points ``(n, 2)``, in index units, of the 0.5 level of a 2D mask (every piece and
+    hole)."""
+    from skimage.measure import find_contours
+
+    contours = find_contours(np.pad(plane, 1), 0.5)
+    return np.concatenate(contours) - 1.0
+
+
+def _long_short_axes(points: np.ndarray) -> tuple[float, float]:
+    """Largest distance between ``points`` (2D, mm) and their extent perpendicular to that line."""
+    hull = points
+    if len(points) > 3:
+        try:  # the farthest pair and the extent both lie on the convex hull
+            from scipy.spatial import ConvexHull
+
+            hull = points[ConvexHull(points).vertices]
+        except Exception:  # collinear points
+            hull = points
+    d2 = ((hull[:, None, :] - hull[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(int(np.argmax(d2)), d2.shape)
+    long_axis = float(np.sqrt(d2[i, j]))
+    if long_axis == 0.0:
+        return 0.0, 0.0
+    along = (hull[j] - hull[i]) / long_axis
+    across = hull @ np.array([-along[1], along[0]])
+    return long_axis, float(across.max() - across.min())
+
+
 def nodule_type(hu: np.ndarray) -> tuple[str, float]:
     """solid / part-solid / ground-glass from the share of voxels above ``SOLID_HU``."""
     share = float((hu > SOLID_HU).mean()) if hu.size else 0.0
@@ -67,7 +161,8 @@ def measure_nodules(
     (labels outside the box then get no mean probability).
 
     Keys: ``id``, ``voxels``, ``centre_lps_mm`` and ``centre_ras_mm`` (centroid of voxel centres),
-    ``volume_mm3``, ``longest_diameter_mm``, ``equivalent_diameter_mm``, ``mean_hu``, ``max_hu``,
+    ``volume_mm3``, ``longest_diameter_mm``, ``axial_long_axis_mm`` and ``axial_short_axis_mm``
+    (see :func:`axial_diameters_mm`), ``equivalent_diameter_mm``, ``mean_hu``, ``max_hu``,
     ``mean_probability``, ``solid_share``, ``type`` (``mass`` from ``MASS_MM``, else the texture),
     ``texture`` (solid / part-solid / ground-glass), ``bbox_ijk``.
     """
@@ -89,6 +184,7 @@ def measure_nodules(
         kind, share = nodule_type(hu)
         vol_mm3 = n * voxel_mm3
         longest = round(longest_diameter_mm(sub, volume, tuple(offset)), 2)
+        axial_long, axial_short = axial_diameters_mm(sub, volume, tuple(offset))
         entry: dict[str, Any] = {
             "id": lab,
             "voxels": n,
@@ -96,6 +192,8 @@ def measure_nodules(
             "centre_ras_mm": [round(float(c), 2) for c in centre_lps * np.array([-1, -1, 1])],
             "volume_mm3": round(vol_mm3, 2),
             "longest_diameter_mm": longest,
+            "axial_long_axis_mm": round(axial_long, 2),
+            "axial_short_axis_mm": round(axial_short, 2),
             "equivalent_diameter_mm": round(float((6.0 * vol_mm3 / np.pi) ** (1.0 / 3.0)), 2),
             "mean_hu": round(float(hu.mean()), 1),
             "max_hu": round(float(hu.max()), 1),

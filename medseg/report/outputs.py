@@ -2,7 +2,7 @@
 
 ``<case>_nodules.nii.gz`` (instance labels), ``_lungs.nii.gz``, ``_report.json``,
 ``_nodules.csv``, ``_preview.png``, ``_probabilities.nii.gz`` when kept, and ``_seg.dcm`` for
-DICOM input. The written lung mask holds the found lesions too (a mass against the chest wall
+DICOM input; the image files are ``.nrrd`` or ``.mha`` instead with ``output_format``. The written lung mask holds the found lesions too (a mass against the chest wall
 belongs to the lung, though an air threshold leaves it out). A scan where no search ran (status ``no_lung``) gets its report and lung mask only:
 no nodule mask or table that could be read as "0 nodules".
 """
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medseg.io import write_mask
+from medseg.io.writers import image_suffix
 from medseg.report.tables import build_report, write_nodule_csv, write_report_json
 
 if TYPE_CHECKING:
@@ -32,8 +33,14 @@ def write_outputs(
     settings: dict[str, Any] | None = None,
     preview: bool = True,
     dicom_seg: bool = True,
+    output_format: str = "nii.gz",
 ) -> dict[str, str]:
-    """Write ``seg``'s files as ``out_dir/<name>_*``; returns {kind: path}."""
+    """Write ``seg``'s files as ``out_dir/<name>_*``; returns {kind: path}.
+
+    ``output_format`` (``nii.gz``, ``nrrd`` or ``mha``) is the format of the image files (nodule
+    labels, lung mask, probabilities).
+    """
+    ext = image_suffix(output_format)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     volume = seg.volume
@@ -41,11 +48,11 @@ def write_outputs(
     warnings = list(seg.warnings)
     if seg.probability is not None:
         outputs["probabilities"] = str(write_mask(seg.probability_full(), volume,
-                                                  out / f"{name}_probabilities.nii.gz", np.float32))
+                                                  out / f"{name}_probabilities{ext}", np.float32))
     if seg.searched:
-        outputs["nodules"] = str(write_mask(seg.labels, volume, out / f"{name}_nodules.nii.gz", np.uint16))
+        outputs["nodules"] = str(write_mask(seg.labels, volume, out / f"{name}_nodules{ext}", np.uint16))
     lungs = np.zeros(volume.shape, np.uint8) if seg.lungs is None else seg.lungs | (seg.labels > 0).astype(np.uint8)
-    outputs["lungs"] = str(write_mask(lungs, volume, out / f"{name}_lungs.nii.gz", np.uint8))
+    outputs["lungs"] = str(write_mask(lungs, volume, out / f"{name}_lungs{ext}", np.uint8))
     if preview and seg.searched:
         from medseg.report.preview import write_preview
 

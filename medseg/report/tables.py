@@ -21,6 +21,8 @@ CSV_COLUMNS = (
     "centre_ras_z_mm",
     "volume_mm3",
     "longest_diameter_mm",
+    "axial_long_axis_mm",
+    "axial_short_axis_mm",
     "equivalent_diameter_mm",
     "mean_hu",
     "max_hu",
