@@ -347,3 +347,25 @@ def test_seeds_csv_without_a_named_convention_is_refused(tmp_path, phantoms) -> 
     bad.write_text("x,y,z\n1,2,3\n")
     with pytest.raises(InputError, match="x_lps_mm"):
         read_seeds(bad, read_volume(phantoms["LPS"][0]))
+
+
+def test_cli_seeds_report_every_point_found_or_not(tiny_ckpt, phantoms, tmp_path, capsys) -> None:
+    """``medseg infer --seeds`` through the real network (random weights: what is found does not matter,
+    that every point is reported and the files agree does)."""
+    path, ph = phantoms["LPS"]
+    spec = ph.info["nodules"][0]
+    lps = spec["centre_lps_mm"]
+    seeds = tmp_path / "points.csv"
+    seeds.write_text(f"id,x_lps_mm,y_lps_mm,z_lps_mm\nA,{lps[0]},{lps[1]},{lps[2]}\nB,9999,0,0\n")
+    out = tmp_path / "o"
+    assert cli_main(["infer", str(path), "-o", str(out), "--model", str(tiny_ckpt), "--device", "cpu",
+                     "--seeds", str(seeds), "--no-preview"]) == 0
+    assert "seed points have a nodule" in capsys.readouterr().out
+    name = Path(path).name.replace(".nii.gz", "")
+    with open(out / f"{name}_seeds.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["seed_id"] for r in rows] == ["A", "B"] and rows[1]["found"] == "False"
+    report = json.loads((out / f"{name}_report.json").read_text())
+    assert [s["seed_id"] for s in report["seeds"]] == ["A", "B"]
+    labels = read_volume(out / f"{name}_nodules.nii.gz").array
+    assert labels.max() == sum(r["found"] == "True" for r in rows)

@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lung-mask", dest="lung_mask_files", action="append", default=None, metavar="MASK",
                    help="a precomputed lung mask on the scan's grid, used instead of computing one "
                         "(with several scans: one --lung-mask per scan, in order)")
+    p.add_argument("--seeds", default=None, metavar="POINTS.csv",
+                   help="known-nodule volumetry: segment the nodule at each point instead of searching; the CSV "
+                        "header names the convention: x_lps_mm,y_lps_mm,z_lps_mm or x_ras_mm,y_ras_mm,z_ras_mm "
+                        "(world) or i,j,k (voxels), optional id; writes <case>_seeds.csv (found or not per point)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-case summary")
     p.set_defaults(func=run)
 
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.lung_mask_files and args.lung_mask is False:
         raise InputError(None, "--lung-mask and --crop-mode exclude each other (a crop has no lung mask)")
     try:
-        results = infer(inputs, out_dir, lung_masks=args.lung_mask_files, quiet=args.quiet,
+        results = infer(inputs, out_dir, lung_masks=args.lung_mask_files, seeds=args.seeds, quiet=args.quiet,
                         **inference_settings(args))
     except ScansFailed as exc:  # the good scans were written: say so, then the one-line summary
         _print_results(exc.results, args.quiet)
@@ -61,6 +65,8 @@ def _print_results(results: list, quiet: bool) -> None:
     for r in results:
         if r.status == "no_lung":  # always said, --quiet or not: this is not "0 nodules"
             print(f"{r.case}: NO PLAUSIBLE LUNG in this CT: no nodule search was run -> {r.outputs['report']}")
+        elif r.seeds_found is not None and not quiet:
+            print(f"{r.case}: {r.seeds_found} of {r.n_seeds} seed points have a nodule -> {r.outputs['seeds_csv']}")
         elif not quiet:
             size = "" if r.largest_diameter_mm is None else f", largest {r.largest_diameter_mm:.1f} mm"
             body = " (no plausible lung: the whole image was searched)" if r.status == "body_search" else ""

@@ -71,6 +71,8 @@ class Segmentation:
     features: list[dict[str, Any]] = field(default_factory=list)  # every candidate's features
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: known-nodule mode: one row per given point (found or not, and its measurements)
+    seeds: list[dict[str, Any]] | None = None
 
     @property
     def searched(self) -> bool:
@@ -97,6 +99,8 @@ class CaseResult:
     warnings: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     status: str = STATUS_OK
+    seeds_found: int | None = None  # known-nodule mode: points whose nodule was found ...
+    n_seeds: int | None = None  # ... of this many
 
 
 class Segmenter:
@@ -243,13 +247,29 @@ class Segmenter:
             n["confidence"] = None if score is None else round(float(score), 4)
         return nodules
 
+    def segment_seeds(self, image: Any, seeds: str | os.PathLike[str]) -> Segmentation:
+        """Known-nodule volumetry: the nodule at each point of the ``seeds`` CSV, segmented in crop
+        mode around it (see :mod:`medseg.inference.seeds`); every point is reported, found or not."""
+        from medseg.inference.seeds import read_seeds, seed_rows, segment_seeds
+
+        volume = as_volume(image)
+        t = time.perf_counter()
+        points = read_seeds(seeds, volume)
+        labels, results = segment_seeds(self, volume, points)
+        empty = RoiPrediction(np.zeros((0, 0, 0), np.float32), (slice(0, 0),) * 3)
+        nodules = self._measure(volume, labels, empty, [])
+        missed = sum(not r.found for r in results)
+        warnings = [f"{missed} of {len(results)} seed points have no nodule"] if missed else []
+        return Segmentation(volume, labels, None, nodules, STATUS_OK, warnings, None, None, [], {},
+                            {"seeds_s": time.perf_counter() - t}, seed_rows(results, nodules))
+
     # ----------------------------------------------------------------- files
     def run(
         self, input_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], case_name: str | None = None,
-        lung_mask: Volume | np.ndarray | None = None,
+        lung_mask: Volume | np.ndarray | None = None, seeds: str | os.PathLike[str] | None = None,
     ) -> CaseResult:
         """Read, segment and write one scan (``<case>_*`` files in ``out_dir``); ``lung_mask`` as
-        in :meth:`segment`."""
+        in :meth:`segment`; ``seeds`` (a CSV of points) runs :meth:`segment_seeds` instead."""
         from medseg.report.outputs import write_outputs
 
         name = case_name or _case(input_path)
@@ -257,7 +277,10 @@ class Segmenter:
         volume = read_volume(input_path)
         read_s = time.perf_counter() - t
         bar = _progress(self.settings.quiet, name)
-        seg = self.segment(volume, progress=bar.update if bar else None, lung_mask=lung_mask)
+        if seeds is not None:
+            seg = self.segment_seeds(volume, seeds)
+        else:
+            seg = self.segment(volume, progress=bar.update if bar else None, lung_mask=lung_mask)
         if bar:
             bar.close()
         seg.timings = {"read_s": read_s, **seg.timings}
@@ -269,8 +292,9 @@ class Segmenter:
                                 dicom_seg=self.settings.dicom_seg, output_format=self.settings.output_format)
         largest = max((n["longest_diameter_mm"] for n in seg.nodules), default=None)
         n = len(seg.nodules) if seg.searched else None
+        found = None if seg.seeds is None else sum(bool(r["found"]) for r in seg.seeds)
         return CaseResult(name, str(input_path), outputs, seg.nodules, n, largest, seg.warnings, seg.timings,
-                          seg.status)
+                          seg.status, found, None if seg.seeds is None else len(seg.seeds))
 
 
 def _given_lung_mask(volume: Volume, mask: Volume | np.ndarray) -> LungMaskResult:
@@ -313,6 +337,7 @@ def infer(
     inputs: str | os.PathLike[str] | list[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     lung_masks: list[str | os.PathLike[str] | None] | None = None,
+    seeds: str | os.PathLike[str] | None = None,
     **settings: Any,
 ) -> list[CaseResult]:
     """Segment lung nodules in one or more scans (NIfTI/NRRD/MHA files or DICOM folders).
@@ -322,7 +347,9 @@ def infer(
     ``<case>_report.json``, ``<case>_nodules.csv``, ``<case>_preview.png`` and, for DICOM
     input, ``<case>_seg.dcm``. A scan with no plausible lung gets a report with status
     ``no_lung`` and no nodule files. ``lung_masks``: one precomputed lung mask file (or None)
-    per input, on that scan's grid, used instead of computing one.
+    per input, on that scan's grid, used instead of computing one. ``seeds``: a CSV of known
+    nodule points (world LPS/RAS mm or voxel indices), segmented one by one instead of a search;
+    ``<case>_seeds.csv`` says for each point whether its nodule was found.
 
     A bad scan (:class:`InputError`) does not stop the others: with one input its error is
     raised; with several, every other scan is written and then :class:`~medseg.errors.ScansFailed`
@@ -344,7 +371,7 @@ def infer(
         name = names[i] if names[i] not in dupes else f"{names[i]}_{i}"
         try:
             mask = read_volume(lung_masks[i]) if lung_masks is not None and lung_masks[i] is not None else None
-            results.append(segmenter.run(path, out_dir, case_name=name, lung_mask=mask))
+            results.append(segmenter.run(path, out_dir, case_name=name, lung_mask=mask, seeds=seeds))
         except InputError as exc:
             if len(inputs) == 1:
                 raise

@@ -17,7 +17,7 @@ import numpy as np
 
 from medseg.io import write_mask
 from medseg.io.writers import image_suffix
-from medseg.report.tables import build_report, write_nodule_csv, write_report_json
+from medseg.report.tables import build_report, write_nodule_csv, write_report_json, write_seed_csv
 
 if TYPE_CHECKING:
     from medseg.inference.pipeline import Segmentation
@@ -66,6 +66,10 @@ def write_outputs(
                           settings=settings or {}, timings=seg.timings, warnings=warnings,
                           lung_volume_ml=seg.lung_volume_ml, outputs=outputs, status=seg.status)
     report["model"]["windows"] = {k: seg.stats.get(k) for k in ("windows_total", "windows_run")}
+    if seg.seeds is not None:
+        report["seeds"] = seg.seeds
+        outputs["seeds_csv"] = str(write_seed_csv(out / f"{name}_seeds.csv", seg.seeds))
+        report["outputs"] = outputs
     write_report_json(outputs["report"], report)
     return outputs
 

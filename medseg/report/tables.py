@@ -98,3 +98,19 @@ def build_report(
 
 def write_report_json(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
     return write_json_atomic(path, report)
+
+
+#: seeds CSV columns (``medseg infer --seeds``): the given point, found or not, its nodule
+SEED_COLUMNS = ("seed_id", "seed_lps_x_mm", "seed_lps_y_mm", "seed_lps_z_mm", "found", "distance_mm", "label",
+                "volume_mm3", "longest_diameter_mm", "axial_long_axis_mm", "axial_short_axis_mm", "type", "mean_hu")
+
+
+def write_seed_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
+    """One row per seed point, found or not."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(SEED_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        flat = {**r, **{f"seed_lps_{a}_mm": v for a, v in zip("xyz", r["seed_lps_mm"])}}
+        writer.writerow({k: "" if flat.get(k) is None else flat.get(k) for k in SEED_COLUMNS})
+    return write_text_atomic(path, buf.getvalue())
