@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.models.precision import cpu_has_native_bf16
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc_nodule_vois"
 
 
@@ -36,12 +38,13 @@ def _synthetic(root: Path, n: int) -> Path:
     return root
 
 
-def measure(device: torch.device, data: Path, cases: int, steps: int, workers: int) -> dict:
+def measure(device: torch.device, data: Path, cases: int, steps: int, workers: int, precision: str = "fp32") -> dict:
     from monai.data import CacheDataset, DataLoader
 
     from medseg.data.datasets import read_dataset
     from medseg.data.planning import fingerprint_dataset, make_plan
     from medseg.models import build_network
+    from medseg.models.precision import autocast, resolve_precision
     from medseg.tasks import load_task
     from medseg.training.losses import build_loss
     from medseg.transforms import train_transforms
@@ -55,11 +58,11 @@ def measure(device: torch.device, data: Path, cases: int, steps: int, workers: i
     model = build_network(plan.network).to(device).train()
     loss_fn = build_loss(task)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    amp = device.type == "cuda"
+    dtype = resolve_precision(precision, device)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, dtype):
             out = model(x)
         loss_fn(out, y).backward()
         opt.step()
@@ -98,7 +101,7 @@ def measure(device: torch.device, data: Path, cases: int, steps: int, workers: i
     cached_s = time.perf_counter() - t
     loader_ps, cached_ps = steps * bs / loader_s, steps * bs / cached_s
     return {
-        "device": device.type, "patch_size": list(plan.patch_size), "batch_size": bs,
+        "device": device.type, "precision": precision, "patch_size": list(plan.patch_size), "batch_size": bs,
         "filters": plan.network.filters, "steps": steps, "num_workers": workers, "threads": torch.get_num_threads(),
         "loader_patches_per_s": round(loader_ps, 2), "cached_patches_per_s": round(cached_ps, 2),
         "loader_overhead": round(cached_ps / loader_ps, 3),
@@ -120,13 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for d in devices:
             workers = args.workers if args.workers is not None else (1 if d == "cpu" else 6)
-            results.append(measure(torch.device(d), data, cases, steps if d == "cpu" else steps * 5, workers))
+            precisions = ["fp32"] + (["bf16"] if d == "cuda" or cpu_has_native_bf16() else [])
+            for prec in precisions:  # the same data and model size, one after the other
+                results.append(measure(torch.device(d), data, cases, steps if d == "cpu" else steps * 5, workers, prec))
     out = {"benchmark": "train_throughput", "data": str(data), "results": results}
+    by = {(r["device"], r["precision"]): r for r in results}
+    for d in devices:
+        if (d, "bf16") in by:  # the ratio against fp32 measured in this process
+            out[f"{d}_bf16_speedup_cached"] = round(by[(d, "bf16")]["cached_patches_per_s"]
+                                                    / by[(d, "fp32")]["cached_patches_per_s"], 3)
+            out[f"{d}_bf16_speedup_loader"] = round(by[(d, "bf16")]["loader_patches_per_s"]
+                                                    / by[(d, "fp32")]["loader_patches_per_s"], 3)
     if args.json:
         print(json.dumps(out))
     else:
         for r in results:
-            print(f"{r['device']}: loader {r['loader_patches_per_s']} patches/s, cached tensors "
+            print(f"{r['device']} {r['precision']}: loader {r['loader_patches_per_s']} patches/s, cached tensors "
                   f"{r['cached_patches_per_s']} patches/s, loader overhead x{r['loader_overhead']} "
                   f"(patch {r['patch_size']}, batch {r['batch_size']}, workers {r['num_workers']})")
     return 0
