@@ -23,16 +23,18 @@ __all__ = [
     "infer",
     "measure",
     "read_volume",
+    "segment",
     "train",
     "train_fp",
     "write_mask",
+    "write_outputs",
     "write_volume",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # train/infer/evaluate/batch/measure load their stage on first use (see medseg.api)
-    if name in ("train", "train_fp", "infer", "evaluate", "batch", "measure"):
+    # segment/write_outputs/train/infer/evaluate/batch/measure load their stage on first use (see medseg.api)
+    if name in ("segment", "write_outputs", "train", "train_fp", "infer", "evaluate", "batch", "measure"):
         from medseg import api
 
         return getattr(api, name)

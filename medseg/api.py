@@ -1,4 +1,5 @@
-"""The Python API: ``train()``, ``train_fp()``, ``infer()``, ``evaluate()``, ``batch()``, ``measure()``.
+"""The Python API: ``segment()``, ``write_outputs()``, ``infer()``, ``train()``, ``train_fp()``,
+``evaluate()``, ``batch()``, ``measure()``.
 
 The CLI is a thin layer over these. Each one is implemented in its stage's package and imported
 on first use, so ``import medseg`` stays fast and a stage's heavy dependencies load only when used.
@@ -14,6 +15,8 @@ _IMPLEMENTATIONS = {
     "train": "medseg.training.run:train",
     "train_fp": "medseg.training.fp_reduction:train_fp_reduction",
     "infer": "medseg.inference.pipeline:infer",
+    "segment": "medseg.inference.pipeline:segment",
+    "write_outputs": "medseg.report.outputs:write_outputs",
     "evaluate": "medseg.evaluation.api:evaluate",
     "batch": "medseg.batch.runner:run_batch",
     "measure": "medseg.report.measure_mask:measure_mask",

@@ -369,3 +369,26 @@ def test_cli_seeds_report_every_point_found_or_not(tiny_ckpt, phantoms, tmp_path
     assert [s["seed_id"] for s in report["seeds"]] == ["A", "B"]
     labels = read_volume(out / f"{name}_nodules.nii.gz").array
     assert labels.max() == sum(r["found"] == "True" for r in rows)
+
+
+def test_medseg_segment_in_memory_from_sitk_and_nibabel_images(tiny_ckpt, phantoms, tmp_path) -> None:
+    """The image-in, masks-out API: a SimpleITK or nibabel image gives the same masks as a Volume,
+    on the input grid, and nothing is written until write_outputs."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    import medseg
+
+    path, _ = phantoms["LPS"]
+    vol = read_volume(path)
+    before = set(tmp_path.iterdir())
+    a = medseg.segment(vol, model=str(tiny_ckpt), device="cpu")
+    b = medseg.segment(sitk.ReadImage(str(path)), model=str(tiny_ckpt), device="cpu")
+    c = medseg.segment(nib.load(str(path)), model=str(tiny_ckpt), device="cpu")
+    assert set(tmp_path.iterdir()) == before, "segment writes nothing"
+    assert a.labels.shape == vol.shape and a.lungs.shape == vol.shape and a.probability is None
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.labels, c.labels)
+    assert [n["id"] for n in a.nodules] == list(range(1, int(a.labels.max()) + 1))
+    out = medseg.write_outputs(a, tmp_path / "o", "case")
+    assert read_volume(out["nodules"]).same_grid(vol)

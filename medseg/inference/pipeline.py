@@ -383,4 +383,21 @@ def infer(
     return results
 
 
-__all__ = ["CaseResult", "InferenceSettings", "Segmentation", "Segmenter", "infer"]
+_SEGMENTERS: dict[tuple, Segmenter] = {}
+
+
+def segment(image: Any, keep_probabilities: bool = False, **settings: Any) -> Segmentation:
+    """Segment one scan in memory: ``medseg.segment(volume)`` -> :class:`Segmentation`.
+
+    ``image``: a :class:`~medseg.io.Volume`, a SimpleITK image or a nibabel image. ``settings`` are
+    :class:`InferenceSettings` fields; the model is loaded once per distinct settings and reused.
+    Nothing is written: ``medseg.report.outputs.write_outputs(seg, out_dir, name)`` writes files.
+    """
+    key = tuple(sorted(settings.items()))
+    if key not in _SEGMENTERS:
+        _SEGMENTERS.clear()  # one model in memory at a time
+        _SEGMENTERS[key] = Segmenter(InferenceSettings(**{"quiet": True, **settings}))
+    return _SEGMENTERS[key].segment(image, keep_probabilities=keep_probabilities)
+
+
+__all__ = ["CaseResult", "InferenceSettings", "Segmentation", "Segmenter", "infer", "segment"]
