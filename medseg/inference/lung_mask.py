@@ -101,14 +101,19 @@ def _coarse_factors(spacing: tuple[float, float, float]) -> tuple[int, int, int]
 
 
 def _block_mean(array: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    """Mean over ``f``-sized blocks (edges padded by replication): a cheap low-pass downsample."""
+    """Mean over ``f``-sized blocks (edges padded by replication): a cheap low-pass downsample.
+    One axis at a time: reducing contiguous trailing axes is several times faster than one
+    reduction over three strided axes."""
     if f == (1, 1, 1):
         return array.astype(np.float32)
     pad = [(0, (-n) % k) for n, k in zip(array.shape, f)]
     a = np.pad(array, pad, mode="edge") if any(p[1] for p in pad) else array
     s = a.shape
-    a = a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2])
-    return a.mean(axis=(1, 3, 5), dtype=np.float32)
+    a = a.reshape(s[0], s[1], s[2] // f[2], f[2]).sum(axis=3, dtype=np.float32)
+    a = a.reshape(s[0], s[1] // f[1], f[1], a.shape[2]).sum(axis=2)
+    a = a.reshape(s[0] // f[0], f[0], a.shape[1], a.shape[2]).sum(axis=1)
+    a /= np.float32(np.prod(f))
+    return a
 
 
 def _slices(shape: tuple[int, ...], axis: int):
@@ -274,8 +279,8 @@ def compute_lung_mask(volume: Volume) -> LungMaskResult:
         warnings.append(f"no plausible lung in this scan (only {vol_ml:.0f} mL of lung-like air found)")
     elif vol_ml < PARTIAL_LUNG_ML:
         warnings.append(f"only {vol_ml:.0f} mL of lung found: the scan covers little of the chest")
-    return LungMaskResult(full.astype(np.uint8), vol_ml, warnings,
-                          _upsample(lung_field, c.factors, volume.shape).astype(np.uint8))
+    return LungMaskResult(np.ascontiguousarray(full), vol_ml, warnings,
+                          np.ascontiguousarray(_upsample(lung_field, c.factors, volume.shape)))
 
 
 def _empty(volume: Volume, warnings: list[str]) -> LungMaskResult:
@@ -372,10 +377,13 @@ def _keep_large(mask: np.ndarray, voxel_ml: float) -> np.ndarray:
 
 
 def _upsample(mask: np.ndarray, f: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling by integer factors, as uint8 0/1 (one broadcast copy)."""
+    m = mask.astype(np.uint8, copy=False)
     if f == (1, 1, 1):
-        return mask[: shape[0], : shape[1], : shape[2]]
-    idx = [np.arange(n) // k for n, k in zip(shape, f)]
-    return mask[np.ix_(*idx)]
+        return m[: shape[0], : shape[1], : shape[2]]
+    n = m.shape
+    up = np.broadcast_to(m[:, None, :, None, :, None], (n[0], f[0], n[1], f[1], n[2], f[2]))
+    return up.reshape(n[0] * f[0], n[1] * f[1], n[2] * f[2])[: shape[0], : shape[1], : shape[2]]
 
 
 def bounding_box(mask: np.ndarray, margin_vox: tuple[int, int, int] = (0, 0, 0)) -> tuple[slice, ...] | None:
