@@ -37,7 +37,8 @@ class LoadVolumed(MapTransform):
     """Read ``keys`` with :func:`medseg.io.read_volume` into channel-first ``MetaTensor``s.
 
     Uses medseg's own reader (NIfTI, NRRD, MHA, DICOM) so training sees exactly the geometry that
-    inference sees; the MONAI affine is the volume's RAS affine.
+    inference sees; the MONAI affine is the volume's RAS affine. A DICOM SEG (which stores only its
+    segmented frames) is placed on the grid of the first key's volume, the image.
     """
 
     def __init__(self, keys, dtype=None, allow_missing_keys: bool = False) -> None:  # noqa: ANN001
@@ -51,9 +52,11 @@ class LoadVolumed(MapTransform):
         from medseg.io import read_volume
 
         d = dict(data)
+        first = None  # the first key's volume (the image): a DICOM SEG label is placed on its grid
         for key in self.key_iterator(d):
             path = d[key]
-            vol = read_volume(path)
+            vol = read_volume(path, reference=first)
+            first = vol if first is None else first
             arr = np.asarray(vol.array)
             arr = arr.astype(self.dtype or np.float32, copy=False)
             d[key] = MetaTensor(

@@ -42,7 +42,7 @@ def _case_fingerprint(case: Case, samples: int, seed: int) -> dict[str, Any]:
     from medseg.io import read_volume
 
     image = read_volume(case.image)
-    label = read_volume(case.label)
+    label = read_volume(case.label, reference=image)  # a DICOM SEG is placed on the image's grid
     if image.shape != label.shape:
         raise InputError(case.label, f"label shape {label.shape} differs from image shape {image.shape}")
     perm = _ras_permutation(image.affine_ras)

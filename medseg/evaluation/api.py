@@ -4,7 +4,9 @@ Folders are matched by case name. Ground-truth folders are either plain (``<case
 phantom sets (``<case>_nodules.nii.gz`` beside ``<case>.nii.gz``; only the ``_nodules`` files are
 read). Predictions are found as ``<case>_nodules.<ext>`` (what ``medseg infer`` writes) or under
 the ground truth's own name; probabilities as ``<case>_probabilities.<ext>`` or the same name.
-Masks are binarised (> 0); instance labels are kept for lesion matching.
+Masks are binarised (> 0); instance labels are kept for lesion matching. Either file of a pair
+may be a DICOM SEG (read as a label map, segment k -> label k), placed on the other's grid; folders
+are matched on image files only.
 """
 
 from __future__ import annotations
@@ -58,13 +60,29 @@ def _check_grid(vol: Volume, path: Path, ref: Volume, ref_path: Path) -> None:
         )
 
 
+def _place_seg(gt: Volume, gt_path: Path, pred: Volume, pred_path: Path) -> tuple[Volume, Volume]:
+    """A DICOM SEG stores only its segmented frames: place it on the other file's grid (voxel for
+    voxel, :func:`medseg.io.dicom_seg.place_on_grid`) before the grids are compared."""
+    from medseg.io.dicom_seg import place_on_grid
+
+    if gt.same_grid(pred):
+        return gt, pred
+    if gt.meta.get("format") == "dicom-seg":
+        return place_on_grid(gt, pred, gt_path), pred
+    if pred.meta.get("format") == "dicom-seg":
+        return gt, place_on_grid(pred, gt, pred_path)
+    return gt, pred
+
+
 def evaluate_case(
     pred_path: PathLike, gt_path: PathLike, prob_path: PathLike | None = None, connectivity: int = 26
 ) -> dict[str, Any]:
-    """Metrics of one prediction against its ground truth (files on the same grid)."""
+    """Metrics of one prediction against its ground truth (files on the same grid; a DICOM SEG is
+    placed on the other file's grid)."""
     gt_path, pred_path = Path(gt_path), Path(pred_path)
     gt = read_volume(gt_path)
     pred = read_volume(pred_path)
+    gt, pred = _place_seg(gt, gt_path, pred, pred_path)
     _check_grid(pred, pred_path, gt, gt_path)
     for vol, path in ((gt, gt_path), (pred, pred_path)):
         if vol.array.min() < 0:

@@ -36,11 +36,15 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def read_volume(path: str | os.PathLike[str]) -> Volume:
-    """Read a NIfTI / NRRD / MHA / MHD file or a DICOM series folder.
+def read_volume(path: str | os.PathLike[str], reference: Volume | None = None) -> Volume:
+    """Read a NIfTI / NRRD / MHA / MHD file, a DICOM series folder or a DICOM SEG file.
 
-    Raises :class:`~medseg.errors.InputError` naming ``path`` for a missing path, an unreadable,
-    truncated or corrupt file, a 2D image, a folder without DICOM images, or an unsupported format.
+    A DICOM SEG (by its SOP Class UID) reads as an instance label map (segment ``k`` -> label
+    ``k``, :func:`medseg.io.dicom_seg.read_dicom_seg`): on its own frames' extent, or on the grid
+    of ``reference`` (the image it segments) when given; ``reference`` is ignored for every other
+    format. Raises :class:`~medseg.errors.InputError` naming ``path`` for a missing path, an
+    unreadable, truncated or corrupt file, a 2D image, a folder without DICOM images, or an
+    unsupported format.
     """
     p = Path(path)
     if not p.exists():
@@ -56,8 +60,9 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         return _read_itk(p)
     if lower.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(p):
         from medseg.io.dicom import read_dicom_series
+        from medseg.io.dicom_seg import is_dicom_seg, read_dicom_seg
 
-        return read_dicom_series(p.parent)
+        return read_dicom_seg(p, reference) if is_dicom_seg(p) else read_dicom_series(p.parent)
     raise InputError(
         p,
         "unsupported format (expected .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM series folder)",

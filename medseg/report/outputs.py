@@ -75,10 +75,18 @@ def write_outputs(
 
 
 def _write_dicom_seg(seg: Segmentation, path: Path, outputs: dict[str, str], warnings: list[str]) -> None:
+    """One segment per nodule, named from its record; what kept the SEG from being written (no
+    nodule, a source without a FrameOfReferenceUID...) or had to be filled in becomes a warning."""
     from medseg import __version__
-    from medseg.io.dicom_seg import write_dicom_seg
+    from medseg.io.dicom_seg import NoduleSegment, SegNotWritten, write_dicom_seg
 
+    notes: list[str] = []
     try:
-        outputs["dicom_seg"] = str(write_dicom_seg(seg.labels, seg.volume, path, software_version=__version__))
+        nodules = [NoduleSegment.from_record(n) for n in seg.nodules]
+        outputs["dicom_seg"] = str(write_dicom_seg(seg.labels, seg.volume, path, software_version=__version__,
+                                                   nodules=nodules, notes=notes))
+    except SegNotWritten as exc:
+        warnings.append(f"DICOM SEG not written: {exc.problem}")
     except Exception as exc:  # a SEG failure must not lose the other outputs
         warnings.append(f"DICOM SEG not written ({exc.__class__.__name__}: {exc})")
+    warnings.extend(f"DICOM SEG: {note}" for note in notes)

@@ -38,7 +38,8 @@ class ValidationCase:
     def read(cls, image: str, label: str) -> ValidationCase:
         from medseg.io import read_volume
 
-        return cls(read_volume(image), np.asarray(read_volume(label).array) > 0)
+        volume = read_volume(image)
+        return cls(volume, np.asarray(read_volume(label, reference=volume).array) > 0)
 
 
 @dataclass
