@@ -128,6 +128,7 @@ def test_cli_json_has_dice_and_hd95(folders, capsys):
     assert main(["evaluate", str(pred_dir), str(gt_dir), "--prob", str(prob_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["cpm"] > 0 and len(out["cases"]) == 2
+    assert out["cpm_step"] > 0 and "LUNA16" in out["cpm_definition"]  # --json says which figure is which
 
 
 def test_grid_mismatch_and_missing_case_are_input_errors(folders, tmp_path, capsys):

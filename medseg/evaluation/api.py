@@ -137,6 +137,7 @@ def summarise(cases: list[dict[str, Any]], with_probabilities: bool) -> dict[str
         fr = froc(scores, hits, n_gt, len(cases))
         out["cpm"] = fr["cpm"]  # LUNA16 (interpolated); the step-curve figure is out["froc"]["cpm_step"]
         out["cpm_step"] = fr["cpm_step"]
+        out["cpm_definition"] = fr["cpm_definition"]
         out["froc"] = fr
     return out
 
