@@ -28,26 +28,29 @@ def draw_airways(canvas: Canvas, rng: np.random.Generator) -> None:
                          (3.0, 5.5), 40, h)
     for seg in segs:
         wall = 0.6 + 0.12 * max(seg.r0, seg.r1)
-        got = canvas.tube(seg, extra=wall)
-        if got is None:
-            continue
-        sl, sd, _ = got
-        f = canvas.frac(sd)
-        cur = canvas.ct[sl]
-        ok = canvas.anatomy[sl] != BONE
-        canvas.ct[sl] = np.where(ok, np.maximum(cur, cur + f * (20.0 - cur)), cur)
-        canvas.anatomy[sl][(sd <= 0) & ok] = AIRWAY
-        canvas.airway_segments.append((seg, wall))
+        painted = _blend_tube(canvas, seg, wall, 20.0, brighten_only=True)
+        if painted is not None:
+            sl, inside = painted
+            canvas.anatomy[sl][inside] = AIRWAY
+            canvas.airway_segments.append((seg, wall))
+
+
+def _blend_tube(canvas: Canvas, seg, extra: float, hu: float, brighten_only: bool):  # noqa: ANN001, ANN202
+    """Blend ``hu`` into the tube (radius + ``extra``) by partial volume, bone left alone; returns
+    the tube's box and its non-bone voxels inside the surface, or None when it misses the grid."""
+    got = canvas.tube(seg, extra=extra)
+    if got is None:
+        return None
+    sl, sd, _ = got
+    f = canvas.frac(sd)
+    cur = canvas.ct[sl]
+    ok = canvas.anatomy[sl] != BONE
+    blended = cur + f * (hu - cur)
+    canvas.ct[sl] = np.where(ok, np.maximum(cur, blended) if brighten_only else blended, cur)
+    return sl, (sd <= 0) & ok
 
 
 def redraw_airway_lumen(canvas: Canvas) -> None:
     """Air inside the airways, painted after the vessels so the lumen stays clear."""
     for seg, _wall in canvas.airway_segments:
-        got = canvas.tube(seg)
-        if got is None:
-            continue
-        sl, sd, _ = got
-        f = canvas.frac(sd)
-        cur = canvas.ct[sl]
-        ok = canvas.anatomy[sl] != BONE
-        canvas.ct[sl] = np.where(ok, cur + f * (-990.0 - cur), cur)
+        _blend_tube(canvas, seg, 0.0, -990.0, brighten_only=False)
