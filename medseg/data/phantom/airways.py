@@ -35,7 +35,8 @@ def draw_airways(canvas: Canvas, rng: np.random.Generator) -> None:
             canvas.airway_segments.append((seg, wall))
 
 
-def _blend_tube(canvas: Canvas, seg, extra: float, hu: float, brighten_only: bool):  # noqa: ANN001, ANN202
+def _blend_tube(canvas: Canvas, seg: Segment, extra: float, hu: float,
+                brighten_only: bool) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """Blend ``hu`` into the tube (radius + ``extra``) by partial volume, bone left alone; returns
     the tube's box and its non-bone voxels inside the surface, or None when it misses the grid."""
     got = canvas.tube(seg, extra=extra)
