@@ -324,7 +324,7 @@ def write_failures(scans: list[ScanResult], hybrids: dict[str, Path], min_mm: fl
     """A preview (axial slice through the centre, truth in red) of each missed lesion >= ``min_mm``."""
     from PIL import Image
 
-    from medseg.io import read_volume
+    from medseg.io import atomic_path, read_volume
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -345,7 +345,8 @@ def write_failures(scans: list[ScanResult], hybrids: dict[str, Path], min_mm: fl
             edge = np.equal(truth[:, :, k][box], label).T
             rgb[edge & ~np.roll(edge, 1, 0) | edge & ~np.roll(edge, 1, 1)] = (255, 0, 0)
             name = f"{les.key.replace('/', '_')}_{les.kind}_{les.texture}_{les.diameter_mm:.0f}mm.png"
-            Image.fromarray(np.kron(rgb, np.ones((3, 3, 1), np.uint8))).save(out / name)
+            with atomic_path(out / name) as tmp:
+                Image.fromarray(np.kron(rgb, np.ones((3, 3, 1), np.uint8))).save(tmp, format="PNG")
             written.append(name)
     return written
 

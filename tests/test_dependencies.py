@@ -15,7 +15,7 @@ from packaging.version import Version
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
+    tomllib = pytest.importorskip("tomli", reason="Python 3.10 has no tomllib and tomli is not installed")
 
 REPO = Path(__file__).resolve().parents[1]
 #: the lowest floor each of these may have (MONAI 1.6 needs torch >= 2.8, highdicom 0.28 pydicom >= 3.0.1)

@@ -83,9 +83,11 @@ def read_seeds(path: str | os.PathLike[str], volume: Volume) -> list[SeedPoint]:
 
 def segment_seeds(segmenter: Segmenter, volume: Volume, seeds: list[SeedPoint]) -> tuple[np.ndarray, list[SeedResult]]:
     """A label map (label i = the nodule of the i-th found point) and one result per point."""
-    from medseg.inference.pipeline import InferenceSettings, Segmenter
+    import dataclasses
 
-    crop_mode = Segmenter(InferenceSettings(**{**segmenter.settings.__dict__, "lung_mask": False, "masses": False}),
+    from medseg.inference.pipeline import Segmenter
+
+    crop_mode = Segmenter(dataclasses.replace(segmenter.settings, lung_mask=False, masses=False),
                           predictor=segmenter.predictor)
     labels = np.zeros(volume.shape, np.uint16)
     results = []
