@@ -153,3 +153,20 @@ def test_a_lesion_from_30_mm_is_a_mass_and_keeps_its_texture() -> None:
     out = {m["id"]: m for m in measure_nodules(labels, vol)}
     assert out[1]["longest_diameter_mm"] >= 30 and out[1]["type"] == "mass" and out[1]["texture"] == "solid"
     assert out[2]["longest_diameter_mm"] < 30 and out[2]["type"] == "solid" == out[2]["texture"]
+
+
+def test_a_nodule_with_a_vessel_stub_is_not_a_mass() -> None:
+    """The Fleischner size (mean axial long and short axis) decides, not the 3D longest diameter:
+    a 20 mm nodule with a 2 mm vessel stub reaching 33 mm across stays a nodule."""
+    spacing = (0.8, 0.8, 2.5)
+    shape = (64, 64, 20)
+    grids = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre = (32, 32, 10)
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing))
+    labels = (d2 <= 10.0**2).astype(np.uint16)
+    labels[32:61, 31:34, 9:12] = 1  # the stub: 12 mm out of the ball along x
+    vol = Volume(np.full(shape, 40, np.int16), spacing, modality="CT")
+    (m,) = measure_nodules(labels, vol)
+    assert m["longest_diameter_mm"] >= 30, "the stub must make the 3D diameter pass the cut"
+    assert m["mean_axial_diameter_mm"] < 30
+    assert m["type"] == "solid"

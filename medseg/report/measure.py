@@ -22,7 +22,9 @@ SOLID_HU = -300.0
 #: Solid share of the nodule volume: >= SOLID_SHARE solid; < GGO_SHARE ground-glass; else part-solid.
 SOLID_SHARE = 0.8
 GGO_SHARE = 0.2
-#: A lesion is a mass, not a nodule, from this longest diameter (mm; Fleischner glossary).
+#: A lesion is a mass, not a nodule, from this size (mm; Fleischner glossary: "greater than 3 cm").
+#: The size is the mean of the axial long and short axes (Fleischner 2017, Lung-RADS): the 3D
+#: longest diameter calls a 20 mm nodule with a vessel stub attached a 32 mm "mass".
 MASS_MM = 30.0
 #: A grid axis whose direction is this close to the patient's z axis (1 - |cos|) has axial slices.
 AXIAL_TOL = 1e-3
@@ -162,8 +164,9 @@ def measure_nodules(
 
     Keys: ``id``, ``voxels``, ``centre_lps_mm`` and ``centre_ras_mm`` (centroid of voxel centres),
     ``volume_mm3``, ``longest_diameter_mm``, ``axial_long_axis_mm`` and ``axial_short_axis_mm``
-    (see :func:`axial_diameters_mm`), ``equivalent_diameter_mm``, ``mean_hu``, ``max_hu``,
-    ``mean_probability``, ``solid_share``, ``type`` (``mass`` from ``MASS_MM``, else the texture),
+    (see :func:`axial_diameters_mm`), ``mean_axial_diameter_mm`` (their mean: the Fleischner size),
+    ``equivalent_diameter_mm``, ``mean_hu``, ``max_hu``,
+    ``mean_probability``, ``solid_share``, ``type`` (``mass`` from ``MASS_MM`` of the Fleischner size, else the texture),
     ``texture`` (solid / part-solid / ground-glass), ``bbox_ijk``.
     """
     out: list[dict[str, Any]] = []
@@ -194,12 +197,13 @@ def measure_nodules(
             "longest_diameter_mm": longest,
             "axial_long_axis_mm": round(axial_long, 2),
             "axial_short_axis_mm": round(axial_short, 2),
+            "mean_axial_diameter_mm": round((axial_long + axial_short) / 2.0, 2),
             "equivalent_diameter_mm": round(float((6.0 * vol_mm3 / np.pi) ** (1.0 / 3.0)), 2),
             "mean_hu": round(float(hu.mean()), 1),
             "max_hu": round(float(hu.max()), 1),
             "mean_probability": None,
             "solid_share": round(share, 3),
-            "type": "mass" if longest >= MASS_MM else kind,
+            "type": "mass" if (axial_long + axial_short) / 2.0 >= MASS_MM else kind,
             "texture": kind,
             "bbox_ijk": [[int(s.start), int(s.stop)] for s in sl],
         }
