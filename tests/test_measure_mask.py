@@ -152,9 +152,10 @@ def test_real_chest_mass_volume_and_axes(shared_data):
     assert mass["volume_mm3"] == pytest.approx(48_000, rel=0.1)  # about 48 cm3 (data README)
     assert 30 < mass["axial_long_axis_mm"] <= mass["longest_diameter_mm"] + 1.0
     assert 0 < mass["axial_short_axis_mm"] <= mass["axial_long_axis_mm"]
+    assert mass["mean_axial_diameter_mm"] > 30 and mass["type"] == "mass"  # Fleischner size 46 mm
 
 
 def test_infer_csv_has_the_axial_columns():
     assert {"axial_long_axis_mm", "axial_short_axis_mm"} <= set(CSV_COLUMNS)
     i = CSV_COLUMNS.index("longest_diameter_mm")
-    assert CSV_COLUMNS[i + 1 : i + 3] == ("axial_long_axis_mm", "axial_short_axis_mm")
+    assert CSV_COLUMNS[i + 1 : i + 4] == ("axial_long_axis_mm", "axial_short_axis_mm", "mean_axial_diameter_mm")

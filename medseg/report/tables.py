@@ -23,6 +23,7 @@ CSV_COLUMNS = (
     "longest_diameter_mm",
     "axial_long_axis_mm",
     "axial_short_axis_mm",
+    "mean_axial_diameter_mm",
     "equivalent_diameter_mm",
     "mean_hu",
     "max_hu",
