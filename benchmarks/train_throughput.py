@@ -56,7 +56,7 @@ def measure(device: torch.device, data: Path, cases: int, steps: int, workers: i
     ds = CacheDataset([{"image": c.image, "label": c.label} for c in cs], train_transforms(plan, task),
                       num_workers=2, progress=False)
     model = build_network(plan.network).to(device).train()
-    loss_fn = build_loss(task)
+    loss_fn = build_loss(task.loss)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     dtype = resolve_precision(precision, device)
 

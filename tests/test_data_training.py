@@ -13,7 +13,15 @@ from medseg.data.datasets import detect_layout, read_dataset, read_datasets
 from medseg.data.planning import fingerprint_dataset, make_plan, network_topology
 from medseg.data.splits import fold_cases, load_splits, make_splits, save_splits
 from medseg.errors import InputError
-from medseg.tasks import load_task
+from medseg.tasks import NetworkTask, TaskConfig, load_task
+
+#: every random augmentation off, so a transform test sees the crop alone
+NO_AUGMENTATION = {k: 0.0 for k in ("flip", "rot90", "affine", "intensity_scale", "intensity_shift", "noise",
+                                    "contrast", "low_resolution")}
+
+
+def _task(sampling: dict, **augmentation) -> TaskConfig:
+    return TaskConfig.from_dict({"sampling": sampling, "augmentation": {**NO_AUGMENTATION, **augmentation}})
 
 
 def _sphere(shape=(32, 32, 32), centre=(16, 16, 16), r=5, value=1):
@@ -122,7 +130,7 @@ def test_patient_wise_split_is_disjoint_and_reproducible(tmp_path):
 
 
 def test_stride_rule_keeps_thin_axis_at_least_4_voxels():
-    strides, kernels = network_topology([64, 64, 8], [0.7, 0.7, 2.5], max_levels=6, min_feature_size=4)
+    strides, kernels = network_topology([64, 64, 8], [0.7, 0.7, 2.5], NetworkTask(max_levels=6, min_feature_size=4))
     z = int(np.prod([s[2] for s in strides]))
     assert 8 // z >= 4
     assert strides[1] == [2, 2, 1]  # coarse z is not downsampled before in-plane catches up
@@ -147,7 +155,7 @@ def test_plan_from_fingerprint(tmp_path):
     assert plan.intensity.clip[0] <= -1000 and plan.intensity.clip[1] >= 400
     div = [int(np.prod([s[a] for s in plan.network.strides])) for a in range(3)]
     assert all(p % d == 0 for p, d in zip(plan.patch_size, div))
-    assert all(p >= lo for p, lo in zip(plan.patch_size, task["patch"]["min"]))
+    assert all(p >= lo for p, lo in zip(plan.patch_size, task.patch.min))
     assert len(plan.network.filters) == len(plan.network.strides)
     gpu = make_plan(fp, task, "cuda", device_memory_bytes=80e9)
     small = make_plan(fp, task, "cuda", device_memory_bytes=0.5e9)
@@ -160,8 +168,8 @@ def test_user_task_file_overrides_bundled_defaults(tmp_path):
     p = tmp_path / "my.yaml"
     p.write_text("name: liver\nlabels: {background: 0, tumour: 1}\nsampling: {pos: 1}\n")
     t = load_task(p)
-    assert t["name"] == "liver" and t["labels"] == {"background": 0, "tumour": 1}
-    assert t["sampling"]["pos"] == 1 and t["sampling"]["neg"] == 1 and "optimizer" in t
+    assert t.name == "liver" and t.labels == {"background": 0, "tumour": 1}
+    assert t.sampling.pos == 1 and t.sampling.neg == 1 and t.optimizer == load_task("lung_nodule").optimizer
     with pytest.raises(InputError):
         load_task(tmp_path / "nope.yaml")
 
@@ -204,9 +212,7 @@ def test_hard_negative_sampling_centres_patches_on_vessels_not_nodules_or_air(tm
     item = {"image": str(tmp_path / "image" / "c.nii.gz"), "label": str(tmp_path / "mask" / "c.nii.gz")}
 
     def centres(neg, pos, hard, n=30):
-        task = {"sampling": {"neg": neg, "pos": pos, "hard_negative": {"ratio": hard, "context_mm": 7.0}},
-                "augmentation": {}}
-        tf = train_transforms(plan, task)
+        tf = train_transforms(plan, _task({"neg": neg, "pos": pos, "hard_negative": {"ratio": hard, "context_mm": 7.0}}))
         tf.set_random_state(seed=3)
         out = []
         for _ in range(n):
@@ -241,8 +247,7 @@ def test_foreground_crops_are_shared_equally_between_lesions_of_any_size(tmp_pat
     _write(tmp_path / "mask" / "c.nii.gz", (big + small).astype(np.uint8))
     plan = Plan(spacing=(1.0, 1.0, 1.0), patch_size=(8, 8, 8),
                 intensity=IntensityPlan(clip=(-1000.0, 1000.0), mean=0.0, std=1000.0))
-    task = {"sampling": {"neg": 0, "pos": 1, "hard_negative": {"ratio": 1}}, "augmentation": {}}
-    tf = train_transforms(plan, task)  # no hard negatives in this image: every crop is on a nodule
+    tf = train_transforms(plan, _task({"neg": 0, "pos": 1, "hard_negative": {"ratio": 1}}))  # no hard negatives in this image: every crop is on a nodule
     tf.set_random_state(seed=5)
     hits = []
     for _ in range(40):
@@ -280,8 +285,9 @@ def test_low_resolution_augmentation_blurs_the_image_and_leaves_the_label(tmp_pa
     plan = Plan(spacing=(1.0, 1.0, 1.0), patch_size=shape,
                 intensity=IntensityPlan(clip=(-1000.0, 1000.0), mean=0.0, std=1000.0))
     item = {"image": str(tmp_path / "image" / "c.nii.gz"), "label": str(tmp_path / "mask" / "c.nii.gz")}
-    plain_task = {"sampling": {"neg": 0, "pos": 1, "hard_negative": {"ratio": 0}}, "augmentation": {}}
-    low_task = {**plain_task, "augmentation": {"low_resolution": 1.0, "low_resolution_zoom": [0.5, 0.5]}}
+    sampling = {"neg": 0, "pos": 1, "hard_negative": {"ratio": 0}}
+    plain_task = _task(sampling)
+    low_task = _task(sampling, low_resolution=1.0, low_resolution_zoom=[0.5, 0.5])
 
     (plain,) = train_transforms(plan, plain_task)(item)
     (low,) = train_transforms(plan, low_task)(item)

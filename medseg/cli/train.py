@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medseg.cli._common import add_output_option, device_name
+from medseg.tasks import DEFAULT_TASK, OptimizerTask, TrainingTask, setting_choices
 
 
 def _ints(text: str) -> list[int]:
@@ -22,12 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "labelled dataset folders (MSD/nnU-Net dataset.json, image/+mask/ folders, or phantom sets). "
         "Works under torchrun for multi-GPU/multi-node DDP.",
     )
-    p.add_argument("--task", default="lung_nodule", help="bundled task name or task YAML file (default lung_nodule)")
+    p.add_argument("--task", default=DEFAULT_TASK,
+                   help=f"bundled task name or task YAML file (default {DEFAULT_TASK})")
     p.add_argument("--data", "-i", "--input", dest="data", action="append", required=True, metavar="DIR",
                    help="dataset folder; repeat to combine datasets")
     add_output_option(p, "RUN_DIR", "run folder (plan, split, checkpoints, metrics)", required=True)
     p.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
-    p.add_argument("--folds", type=int, default=None, help="number of folds (default from task: 5)")
+    p.add_argument("--folds", type=int, default=None, help="number of folds (default: the task's training.folds)")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--max-time", type=float, default=None, metavar="MINUTES",
                    help="training time budget incl. validation and checkpoints (data preparation excluded)")
@@ -41,12 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="filters per level (one number = first level, doubled per level)")
     p.add_argument("--spacing", type=_floats, default=None, metavar="X,Y,Z", help="override the target spacing (mm)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
+    p.add_argument("--optimizer", choices=setting_choices(OptimizerTask, "name"), default=None,
+                   help="default: the task's optimizer.name")
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None, help="data loader worker processes")
     p.add_argument("--val-cases", type=int, default=None, help="validation cases per epoch (0 = all)")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default=None,
-                   help="mixed precision (default: the task's, auto): auto = bf16 on GPUs and on CPUs with native "
+    p.add_argument("--amp", choices=setting_choices(TrainingTask, "amp"), default=None,
+                   help="mixed precision (default: the task's training.amp): auto = bf16 on GPUs and on CPUs with native "
                         "bf16 (AVX512_BF16/AMX), else fp32; fp16 is for CUDA")
     p.add_argument("--res-block", action="store_true", default=None, help="residual blocks in the U-Net")
     p.add_argument("--dataset-weights", type=_floats, default=None, metavar="W1,W2,...",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from medseg.data.datasets import Case
 from medseg.errors import InputError
 from medseg.plan import InferencePlan, IntensityPlan, NetworkPlan, Plan
-from medseg.tasks import device_value
+from medseg.tasks import IntensityTask, NetworkTask, PatchTask, SpacingTask, TaskConfig
 
 #: bytes of activation memory per (feature x voxel) summed over levels, forward + backward with
 #: AMP; calibrated so that nnU-Net's 128^3 / 32-filter / batch 2 patch needs about 10 GB.
@@ -59,9 +60,13 @@ def _case_fingerprint(case: Case, samples: int, seed: int) -> dict[str, Any]:
 
 
 def fingerprint_dataset(
-    cases: Sequence[Case], samples_per_case: int = 10000, seed: int = 0, workers: int = 2, progress: bool = False
+    cases: Sequence[Case], samples_per_case: int, seed: int = 0, workers: int = 2, progress: bool = False
 ) -> dict[str, Any]:
-    """Shapes/spacings along RAS axes and foreground intensity statistics of ``cases``."""
+    """Shapes/spacings along RAS axes and foreground intensity statistics of ``cases``.
+
+    ``samples_per_case`` foreground voxels per case feed the statistics (the task's
+    ``intensity.samples_per_case``).
+    """
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # nibabel's gzip decoding releases the GIL
@@ -91,26 +96,28 @@ def fingerprint_dataset(
 
 
 def network_topology(
-    patch: Sequence[int], spacing: Sequence[float], max_levels: int = 5, min_feature_size: int = 4,
-    anisotropy_ratio: float = 2.0,
+    patch: Sequence[int], spacing: Sequence[float], net: NetworkTask | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """nnU-Net style strides and kernel sizes for a patch.
+    """nnU-Net style strides and kernel sizes for a patch (``net``: the task's network rules).
 
-    An axis is downsampled at a level only while its feature map stays >= ``min_feature_size``
-    voxels and its current spacing is at most ``anisotropy_ratio`` times the finest one (so a
-    thick-slice axis waits until the in-plane resolution has caught up). Kernels are 1 along axes
-    still much coarser than the finest, like nnU-Net's in-plane-only convolutions.
+    An axis is downsampled at a level only while its feature map stays >= ``net.min_feature_size``
+    voxels and its current spacing is at most ``net.anisotropy_ratio`` times the finest one (so a
+    thick-slice axis waits until the in-plane resolution has caught up), for at most
+    ``net.max_levels`` levels. Kernels are 1 along axes still much coarser than the finest, like
+    nnU-Net's in-plane-only convolutions.
     """
+    net = net if net is not None else NetworkTask()
     size = [int(s) for s in patch]
     sp = [float(s) for s in spacing]
     strides: list[list[int]] = [[1, 1, 1]]
     kernels: list[list[int]] = []
-    for _level in range(max_levels):
+    for _level in range(net.max_levels):
         finest = min(sp)
-        kernels.append([1 if s > anisotropy_ratio * finest else 3 for s in sp])
-        if len(strides) == max_levels:
+        kernels.append([1 if s > net.anisotropy_ratio * finest else 3 for s in sp])
+        if len(strides) == net.max_levels:
             break
-        step = [2 if (size[a] // 2 >= min_feature_size and sp[a] <= anisotropy_ratio * finest) else 1 for a in range(3)]
+        step = [2 if (size[a] // 2 >= net.min_feature_size and sp[a] <= net.anisotropy_ratio * finest) else 1
+                for a in range(3)]
         if step == [1, 1, 1]:
             break
         strides.append(step)
@@ -124,15 +131,12 @@ def _divisors(strides: Sequence[Sequence[int]]) -> list[int]:
 
 
 def fit_patch(
-    wanted: Sequence[float], spacing: Sequence[float], lo: Sequence[int], hi: Sequence[int], net: dict[str, Any]
+    wanted: Sequence[float], spacing: Sequence[float], lo: Sequence[int], hi: Sequence[int], net: NetworkTask
 ) -> tuple[list[int], list[list[int]], list[list[int]]]:
     """Clamp ``wanted`` to [lo, hi] and make it divisible by the network's total stride per axis."""
     patch = [int(math.ceil(min(max(w, a), b))) for w, a, b in zip(wanted, lo, hi)]
     for _ in range(6):
-        strides, kernels = network_topology(
-            patch, spacing, int(net.get("max_levels", 5)), int(net.get("min_feature_size", 4)),
-            float(net.get("anisotropy_ratio", 2.0)),
-        )
+        strides, kernels = network_topology(patch, spacing, net)
         div = _divisors(strides)
         new = []
         for p, d, b in zip(patch, div, hi):
@@ -144,9 +148,8 @@ def fit_patch(
     return patch, strides, kernels
 
 
-def _filters(levels: int, net: dict[str, Any]) -> list[int]:
-    base, top = int(net.get("filters_base", 16)), int(net.get("filters_max", 256))
-    return [min(base * 2**i, top) for i in range(levels)]
+def _filters(levels: int, net: NetworkTask) -> list[int]:
+    return [min(net.filters_base * 2**i, net.filters_max) for i in range(levels)]
 
 
 def activation_bytes(patch: Sequence[int], strides: Sequence[Sequence[int]], filters: Sequence[int]) -> float:
@@ -159,99 +162,124 @@ def activation_bytes(patch: Sequence[int], strides: Sequence[Sequence[int]], fil
     return total * _BYTES_PER_FEATURE_VOXEL
 
 
+@dataclass
+class _Layout:
+    """Patch size and the network topology planned for it."""
+
+    patch: list[int]
+    strides: list[list[int]]
+    kernels: list[list[int]]
+    filters: list[int]
+
+
 def make_plan(
     fingerprint: dict[str, Any],
-    task: dict[str, Any],
+    task: TaskConfig,
     device_type: str = "cpu",
     device_memory_bytes: float | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Plan:
     """The plan for ``task`` on data with ``fingerprint`` for a device type ("cpu"/"cuda").
 
-    ``overrides`` may set ``spacing``, ``patch_size``, ``batch_size`` and ``filters`` (a list, or
-    an int as the first level's count) explicitly; the rest still follows the rules.
+    ``overrides`` may set ``spacing``, ``patch_size``, ``batch_size``, ``res_block`` and
+    ``filters`` (a list, or an int as the first level's count) explicitly; the rest still follows
+    the rules.
     """
     ov = {k: v for k, v in (overrides or {}).items() if v is not None}
-    sp_cfg = task.get("spacing", {})
-    median_sp = np.array(fingerprint["median_spacing"], dtype=float)
-    spacing = np.clip(median_sp, sp_cfg.get("min", [0.0] * 3), sp_cfg.get("max", [1e9] * 3))
+    spacing = _target_spacing(fingerprint, task.spacing, ov)
+    median_resampled = _median_resampled_shape(fingerprint, spacing)
+    net = replace(task.network, filters_base=ov["filters"]) if isinstance(ov.get("filters"), int) else task.network
+    layout = _layout(median_resampled, spacing, task.patch, net, ov)
+    batch = _batch_size(layout, spacing, task.patch, device_type, device_memory_bytes, ov)
+    summary = {k: v for k, v in fingerprint.items() if k != "per_case"}
+    summary["median_resampled_shape"] = [float(s) for s in median_resampled]
+    return Plan(
+        task=task.name,
+        labels=dict(task.labels),
+        spacing=tuple(spacing),
+        orientation="RAS",
+        patch_size=tuple(int(p) for p in layout.patch),
+        batch_size=batch,
+        intensity=_intensity_plan(fingerprint["foreground"], task.intensity),
+        network=_network_plan(layout, net, len(task.labels), ov),
+        inference=InferencePlan(**task.inference.plan_settings()),
+        fingerprint=summary,
+    )
+
+
+def _target_spacing(fingerprint: dict[str, Any], cfg: SpacingTask, ov: dict[str, Any]) -> list[float]:
+    """The median spacing clamped to the task's [min, max], unless overridden; rounded to 0.1 um."""
     if "spacing" in ov:
         spacing = np.array(ov["spacing"], dtype=float)
-    spacing = [round(float(s), 4) for s in spacing]
+    else:
+        spacing = np.clip(np.array(fingerprint["median_spacing"], dtype=float), cfg.min, cfg.max)
+    return [round(float(s), 4) for s in spacing]
 
+
+def _median_resampled_shape(fingerprint: dict[str, Any], spacing: Sequence[float]) -> np.ndarray:
     shapes = np.array([p["shape"] for p in fingerprint["per_case"].values()], dtype=float)
     spacings = np.array([p["spacing"] for p in fingerprint["per_case"].values()], dtype=float)
-    median_resampled = np.median(shapes * spacings / np.array(spacing), axis=0)
+    return np.median(shapes * spacings / np.array(spacing), axis=0)
 
-    patch_cfg = task.get("patch", {})
-    net_cfg = dict(task.get("network", {}))
-    if isinstance(ov.get("filters"), int):
-        net_cfg["filters_base"] = ov["filters"]
+
+def _layout(median_resampled: np.ndarray, spacing: Sequence[float], cfg: PatchTask, net: NetworkTask,
+            ov: dict[str, Any]) -> _Layout:
+    """Patch size, strides, kernels and filters; an explicit filter list fixes the depth."""
     if "patch_size" in ov:
         wanted, lo, hi = ov["patch_size"], [1, 1, 1], ov["patch_size"]
     else:
-        wanted, lo, hi = median_resampled, patch_cfg.get("min", [32] * 3), patch_cfg.get("max", [128] * 3)
-    patch, strides, kernels = fit_patch(wanted, spacing, lo, hi, net_cfg)
-    filters = list(ov["filters"]) if isinstance(ov.get("filters"), (list, tuple)) else _filters(len(strides), net_cfg)
+        wanted, lo, hi = median_resampled, cfg.min, cfg.max
+    patch, strides, kernels = fit_patch(wanted, spacing, lo, hi, net)
+    filters = list(ov["filters"]) if isinstance(ov.get("filters"), (list, tuple)) else _filters(len(strides), net)
     if len(filters) != len(strides):
         # an explicit filter list fixes the depth: cut or extend the stride list to match
         strides = (strides + [[1, 1, 1]] * len(filters))[: len(filters)]
         kernels = (kernels + [[3, 3, 3]] * len(filters))[: len(filters)]
+    return _Layout(patch, strides, kernels, filters)
 
+
+def _batch_size(layout: _Layout, spacing: Sequence[float], cfg: PatchTask, device_type: str,
+                device_memory_bytes: float | None, ov: dict[str, Any]) -> int:
+    """The override, else the task's per-device batch; on a GPU as many as its memory holds.
+
+    A GPU batch below 2 shrinks ``layout.patch`` (in place) unless the patch size was given.
+    """
     if "batch_size" in ov:
-        batch = int(ov["batch_size"])
-    elif device_type == "cuda" and device_memory_bytes:
-        budget = device_memory_bytes * float(patch_cfg.get("gpu_memory_fraction", 0.6))
-        while True:
-            per_sample = activation_bytes(patch, strides, filters)
-            batch = int(budget // per_sample)
-            if batch >= 2 or "patch_size" in ov:
-                break
-            # too big for the GPU: shrink the physically longest axis by one stride step
-            div = _divisors(strides)
-            ax = int(np.argmax(np.array(patch) * np.array(spacing)))
-            if patch[ax] - div[ax] < max(div[ax], 8):
-                break
-            patch[ax] -= div[ax]
-        batch = int(min(max(batch, 2), int(patch_cfg.get("max_batch_size", 32)),
-                        int(device_value(patch_cfg.get("batch_size", 2), "cuda")) * 4))
-    else:
-        batch = int(device_value(patch_cfg.get("batch_size", 2), device_type))
+        return int(ov["batch_size"])
+    if device_type != "cuda" or not device_memory_bytes:
+        return cfg.batch_size.for_device(device_type)
+    budget = device_memory_bytes * cfg.gpu_memory_fraction
+    patch = layout.patch
+    while True:
+        batch = int(budget // activation_bytes(patch, layout.strides, layout.filters))
+        if batch >= 2 or "patch_size" in ov:
+            break
+        # too big for the GPU: shrink the physically longest axis by one stride step
+        div = _divisors(layout.strides)
+        ax = int(np.argmax(np.array(patch) * np.array(spacing)))
+        if patch[ax] - div[ax] < max(div[ax], 8):
+            break
+        patch[ax] -= div[ax]
+    return int(min(max(batch, 2), cfg.max_batch_size, cfg.batch_size.for_device("cuda") * 4))
 
-    levels = len(strides)
-    deep_supr = int(net_cfg.get("deep_supr_num", 2))
-    deep_supr = max(0, min(deep_supr, levels - 2))
-    network = NetworkPlan(
-        filters=filters,
-        kernel_size=kernels,
-        strides=strides,
+
+def _network_plan(layout: _Layout, net: NetworkTask, out_channels: int, ov: dict[str, Any]) -> NetworkPlan:
+    levels = len(layout.strides)
+    deep_supr = max(0, min(net.deep_supr_num, levels - 2))
+    return NetworkPlan(
+        filters=layout.filters,
+        kernel_size=layout.kernels,
+        strides=layout.strides,
         deep_supervision=deep_supr > 0,
         deep_supr_num=max(deep_supr, 1),
-        res_block=bool(ov.get("res_block", net_cfg.get("res_block", False))),
-        norm_name=str(net_cfg.get("norm_name", "instance")),
+        res_block=bool(ov.get("res_block", net.res_block)),
+        norm_name=net.norm_name,
         in_channels=1,
-        out_channels=len(task.get("labels", {"background": 0, "nodule": 1})),
+        out_channels=out_channels,
     )
 
-    fg = fingerprint["foreground"]
-    int_cfg = task.get("intensity", {})
-    include = int_cfg.get("include", [fg["percentile_00_5"], fg["percentile_99_5"]])
-    clip = (min(fg["percentile_00_5"], float(include[0])), max(fg["percentile_99_5"], float(include[1])))
-    intensity = IntensityPlan(clip=clip, mean=float(fg["mean"]), std=max(float(fg["std"]), 1e-3))
 
-    inf_cfg = task.get("inference", {})
-    inference = InferencePlan(**{k: inf_cfg[k] for k in ("overlap", "blend_mode", "sw_batch_size", "threshold", "min_confidence") if k in inf_cfg})
-    summary = {k: v for k, v in fingerprint.items() if k != "per_case"}
-    summary["median_resampled_shape"] = [float(s) for s in median_resampled]
-    return Plan(
-        task=str(task.get("name", "lung_nodule")),
-        labels={str(k): int(v) for k, v in task.get("labels", {"background": 0, "nodule": 1}).items()},
-        spacing=tuple(spacing),
-        orientation="RAS",
-        patch_size=tuple(int(p) for p in patch),
-        batch_size=batch,
-        intensity=intensity,
-        network=network,
-        inference=inference,
-        fingerprint=summary,
-    )
+def _intensity_plan(fg: dict[str, Any], cfg: IntensityTask) -> IntensityPlan:
+    """Clip to the foreground percentiles widened to cover ``cfg.include``; foreground mean/std."""
+    clip = (min(fg["percentile_00_5"], cfg.include[0]), max(fg["percentile_99_5"], cfg.include[1]))
+    return IntensityPlan(clip=clip, mean=float(fg["mean"]), std=max(float(fg["std"]), 1e-3))

@@ -1,21 +1,47 @@
-"""Task definitions: labels, intensity handling and training defaults, as YAML data.
+"""Task definitions: labels, intensity handling and training defaults, as typed data.
 
 ``load_task("lung_nodule")`` reads the bundled task; ``load_task("path/to/task.yaml")`` reads a
-user's copy. A user task is merged over the bundled defaults it does not mention, so a small file
-that changes only what differs is enough.
+user's copy. A user task is merged over the bundled task it does not mention, so a small file that
+changes only what differs is enough. Either way the result is a :class:`TaskConfig` (see
+:mod:`medseg.tasks.config`), checked against its dataclasses: typos and wrong types fail early.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from medseg.errors import InputError
+from medseg.tasks.config import (
+    DEFAULT_TASK,
+    AugmentationTask,
+    HardNegativeTask,
+    InferenceTask,
+    IntensityTask,
+    LossTask,
+    NetworkTask,
+    OptimizerTask,
+    PatchTask,
+    PerDevice,
+    SamplingTask,
+    SpacingTask,
+    TaskConfig,
+    TrainingTask,
+    ValidationTask,
+    setting_choices,
+)
+
+__all__ = [
+    "DEFAULT_TASK", "TASK_DIR", "AugmentationTask", "HardNegativeTask", "InferenceTask", "IntensityTask",
+    "LossTask", "NetworkTask", "OptimizerTask", "PatchTask", "PerDevice", "SamplingTask", "SpacingTask",
+    "TaskConfig", "TrainingTask", "ValidationTask", "as_task", "available_tasks", "load_task",
+    "setting_choices",
+]
 
 TASK_DIR = Path(__file__).resolve().parent
-DEFAULT_TASK = "lung_nodule"
 
 
 def available_tasks() -> list[str]:
@@ -45,18 +71,20 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_task(name_or_path: str | os.PathLike[str] = DEFAULT_TASK) -> dict[str, Any]:
-    """The task settings as a plain dict.
+def load_task(name_or_path: str | os.PathLike[str] = DEFAULT_TASK) -> TaskConfig:
+    """The task as a :class:`TaskConfig`.
 
     ``name_or_path`` is a bundled task name (``lung_nodule``) or a YAML file; a file's settings
-    override the bundled ``lung_nodule`` defaults (or those of the task named by its ``base`` key).
+    override the bundled ``lung_nodule`` defaults (or those of the task named by its ``base`` key),
+    and its ``labels`` replace the base task's as a whole. An unknown key or a wrongly typed value
+    raises :class:`~medseg.errors.InputError` naming the file and the setting.
     """
     text = str(name_or_path)
     bundled = TASK_DIR / f"{text}.yaml"
     if not text.lower().endswith((".yaml", ".yml")) and bundled.is_file():
-        task = _read_yaml(bundled)
-        task.setdefault("name", text)
-        return task
+        data = _read_yaml(bundled)
+        data.setdefault("name", text)
+        return TaskConfig.from_dict(data, bundled)
     path = Path(text)
     if not path.is_file():
         raise InputError(path, f"no such task file or bundled task (bundled: {', '.join(available_tasks())})")
@@ -64,17 +92,18 @@ def load_task(name_or_path: str | os.PathLike[str] = DEFAULT_TASK) -> dict[str, 
     base_name = str(user.pop("base", DEFAULT_TASK))
     if not (TASK_DIR / f"{base_name}.yaml").is_file():
         raise InputError(path, f"unknown base task {base_name!r}")
-    task = _merge(_read_yaml(TASK_DIR / f"{base_name}.yaml"), user)
+    data = _merge(_read_yaml(TASK_DIR / f"{base_name}.yaml"), user)
     if "labels" in user:  # a label map is replaced as a whole, never merged with the base task's
-        task["labels"] = copy.deepcopy(user["labels"])
-    task.setdefault("name", path.stem)
-    if not isinstance(task.get("labels"), dict) or 0 not in task["labels"].values():
-        raise InputError(path, "task 'labels' must map names to integers and include background 0")
-    return task
+        data["labels"] = copy.deepcopy(user["labels"])
+    data.setdefault("name", path.stem)
+    return TaskConfig.from_dict(data, path)
 
 
-def device_value(value: Any, device_type: str) -> Any:
-    """Resolve a ``{cpu: x, cuda: y}`` setting for a device type; plain values pass through."""
-    if isinstance(value, dict) and ("cpu" in value or "cuda" in value):
-        return value.get(device_type, value.get("cpu"))
-    return value
+def as_task(task: str | os.PathLike[str] | Mapping[str, Any] | TaskConfig) -> TaskConfig:
+    """A :class:`TaskConfig` from a task name, YAML path, task mapping (e.g. a run's ``task.json``)
+    or a TaskConfig (returned as is)."""
+    if isinstance(task, TaskConfig):
+        return task
+    if isinstance(task, Mapping):
+        return TaskConfig.from_dict(task)
+    return load_task(task)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from medseg.tasks import LossTask
 
 
 class DeepSupervisedDiceFocal(torch.nn.Module):
@@ -15,7 +19,7 @@ class DeepSupervisedDiceFocal(torch.nn.Module):
     the loss scale does not depend on the depth.
     """
 
-    def __init__(self, weights: list[float] | None = None, lambda_dice: float = 1.0, lambda_focal: float = 1.0) -> None:
+    def __init__(self, weights: Sequence[float], lambda_dice: float, lambda_focal: float) -> None:
         super().__init__()
         from monai.losses import DiceFocalLoss
 
@@ -23,7 +27,7 @@ class DeepSupervisedDiceFocal(torch.nn.Module):
             to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_focal=lambda_focal,
             smooth_nr=1e-5, smooth_dr=1e-5, batch=True,
         )
-        self.weights = list(weights or [1.0, 0.5, 0.25])
+        self.weights = [float(w) for w in weights]
 
     def head_weights(self, heads: int) -> list[float]:
         w = (self.weights + [self.weights[-1] / 2 ** (i + 1) for i in range(heads)])[:heads]
@@ -37,10 +41,9 @@ class DeepSupervisedDiceFocal(torch.nn.Module):
         return self.loss(output.float(), target)
 
 
-def build_loss(task: dict[str, Any]) -> DeepSupervisedDiceFocal:
-    cfg = task.get("loss", {})
-    return DeepSupervisedDiceFocal(
-        weights=[float(w) for w in cfg.get("deep_supervision_weights", [1.0, 0.5, 0.25])],
-        lambda_dice=float(cfg.get("lambda_dice", 1.0)),
-        lambda_focal=float(cfg.get("lambda_focal", 1.0)),
-    )
+def build_loss(cfg: LossTask | None = None) -> DeepSupervisedDiceFocal:
+    """The loss a task's ``loss`` section describes (None: the task defaults)."""
+    from medseg.tasks import LossTask
+
+    cfg = cfg if cfg is not None else LossTask()
+    return DeepSupervisedDiceFocal(cfg.deep_supervision_weights, cfg.lambda_dice, cfg.lambda_focal)

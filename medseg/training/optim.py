@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from medseg.tasks import OptimizerTask
 
-def build_optimizer(model: torch.nn.Module, cfg: dict[str, Any], lr: float | None = None) -> torch.optim.Optimizer:
-    name = str(cfg.get("name", "adamw")).lower()
-    lr = float(lr if lr is not None else cfg.get("lr", 1e-3))
-    wd = float(cfg.get("weight_decay", 3e-5))
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerTask, lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer of a task's ``optimizer`` section; ``lr`` overrides its peak learning rate."""
+    name = cfg.name.lower()
+    lr = float(lr if lr is not None else cfg.lr)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(cfg.get("momentum", 0.99)),
-                               weight_decay=wd, nesterov=True)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=True)
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {name!r} (adamw or sgd)")
 
 
@@ -29,7 +32,7 @@ class WarmupCosine:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None,
-                 max_time_s: float | None, min_fraction: float = 0.01) -> None:
+                 max_time_s: float | None, min_fraction: float) -> None:
         self.optimizer = optimizer
         self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
         self.warmup_steps = int(warmup_steps)

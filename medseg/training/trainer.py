@@ -19,6 +19,7 @@ import torch
 from medseg.io.volume import Volume
 from medseg.models import save_checkpoint
 from medseg.plan import Plan
+from medseg.tasks import TaskConfig
 from medseg.training.distributed import DistInfo, all_reduce_sum, gather_objects
 from medseg.training.losses import build_loss
 from medseg.training.metrics import MetricsLogger
@@ -44,14 +45,20 @@ class ValidationCase:
 
 @dataclass
 class TrainConfig:
-    max_epochs: int = 1000
+    """How this run trains: the task's ``training`` settings resolved for the device, plus overrides.
+
+    The task-derived values have no defaults here: :func:`medseg.training.run.train` fills them
+    from the :class:`~medseg.tasks.TaskConfig`, the one place their defaults live.
+    """
+
+    max_epochs: int
+    steps_per_epoch: int
+    num_workers: int
+    seed: int
+    amp: str  # auto | bf16 | fp16 | none: autocast precision (bf16 on CPUs that run it natively)
     max_time_s: float | None = None
-    steps_per_epoch: int = 50
-    num_workers: int = 0
-    seed: int = 12345
-    amp: str = "none"  # auto | bf16 | fp16 | none: autocast precision (bf16 on CPUs that run it natively)
+    #: peak learning rate overriding the task's ``optimizer.lr``
     lr: float | None = None
-    grad_clip: float = 12.0
     log_every: int = 5
     quiet: bool = False
     tensorboard: bool = True
@@ -131,7 +138,7 @@ class Trainer:
     """Runs the optimisation; rank 0 writes ``last.pt``, ``best.pt`` and ``metrics.csv``."""
 
     def __init__(
-        self, model: torch.nn.Module, plan: Plan, task: dict[str, Any], train_ds: torch.utils.data.Dataset,
+        self, model: torch.nn.Module, plan: Plan, task: TaskConfig, train_ds: torch.utils.data.Dataset,
         val_ds: Sequence[ValidationCase], run_dir: Path, device: torch.device, dist_info: DistInfo,
         config: TrainConfig,
     ) -> None:
@@ -142,12 +149,11 @@ class Trainer:
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.loss_fn = build_loss(task)
-        opt_cfg = task.get("optimizer", {})
-        self.optimizer = build_optimizer(self.model, opt_cfg, config.lr)
+        self.loss_fn = build_loss(task.loss)
+        opt = task.optimizer
+        self.optimizer = build_optimizer(self.model, opt, config.lr)
         total = config.max_epochs * config.steps_per_epoch if config.max_epochs else None
-        self.scheduler = WarmupCosine(self.optimizer, int(opt_cfg.get("warmup_steps", 50)), total,
-                                      config.max_time_s, float(opt_cfg.get("min_lr_fraction", 0.01)))
+        self.scheduler = WarmupCosine(self.optimizer, opt.warmup_steps, total, config.max_time_s, opt.min_lr_fraction)
         from medseg.models.precision import resolve_precision
 
         self.amp_dtype = resolve_precision("fp32" if config.amp == "none" else config.amp, device)
@@ -232,9 +238,9 @@ class Trainer:
             out = self.model(image)
         loss = self.loss_fn(out, label)
         self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip:
+        if self.task.optimizer.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.task.optimizer.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach())
@@ -296,97 +302,124 @@ class Trainer:
         extra: dict[str, Any] = {"metrics": metrics, "split": self.split}
         if training:
             extra["training"] = self.training_state()
-        save_checkpoint(self.run_dir / name, self.model, self.plan, self.task, extra)
+        save_checkpoint(self.run_dir / name, self.model, self.plan, self.task.to_dict(), extra)
 
     def fit(self) -> Path:
         """Train until ``max_epochs`` or the time budget; returns the best checkpoint's path."""
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         main = self.dist.is_main
         logger = MetricsLogger(self.run_dir, self.rows, tensorboard=cfg.tensorboard) if main else None
-        t0 = time.monotonic() - self.elapsed
+        clock = _Clock(t0=time.monotonic() - self.elapsed)
         # time kept free for the final validation + checkpoint: estimated from one validation
         # forward pass now, then measured after every validation
-        reserve = self._estimate_validation_s() if cfg.max_time_s else 0.0
-        step_s = 0.0
+        clock.reserve = self._estimate_validation_s() if cfg.max_time_s else 0.0
         if cfg.max_time_s and main:
-            log.info("time budget %.0fs; %.0fs kept for validation + checkpoint", cfg.max_time_s, reserve)
+            log.info("time budget %.0fs; %.0fs kept for validation + checkpoint", cfg.max_time_s, clock.reserve)
         stop = self.epoch >= cfg.max_epochs
         if stop and main:
             log.info("nothing to do: epoch %d already reached max_epochs %d", self.epoch, cfg.max_epochs)
         while not stop:
             epoch = self.epoch
-            self._seed_epoch(epoch)
-            losses: list[float] = []
-            bar = tqdm(total=cfg.steps_per_epoch, desc=f"epoch {epoch}", leave=False,
-                       disable=cfg.quiet or not main or not sys.stderr.isatty())
-            for batch in self._loader(epoch):
-                t_step = time.monotonic()
-                losses.append(self.train_step(batch))
-                step_s = time.monotonic() - t_step if not step_s else 0.8 * step_s + 0.2 * (time.monotonic() - t_step)
-                self.step += 1
-                self.elapsed = time.monotonic() - t0
-                self.scheduler.step(self.step, self.elapsed)
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if main and not cfg.quiet and cfg.log_every and self.step % cfg.log_every == 0:
-                    log.info("epoch %d step %d loss %.4f (mean of last %d: %.4f) lr %.2e", epoch, self.step,
-                             losses[-1], min(len(losses), cfg.log_every),
-                             float(np.mean(losses[-cfg.log_every:])), self.scheduler.get_last_lr()[0])
-                log.debug("step %d took %.2fs (avg %.2fs), elapsed %.1fs", self.step, time.monotonic() - t_step,
-                          step_s, self.elapsed)
-                if cfg.max_time_s and self._agree(self.elapsed + step_s + reserve >= cfg.max_time_s):
-                    stop = True
-                    break
-            bar.close()
+            losses, out_of_time = self._train_epoch(epoch, clock)
             t_val = time.monotonic()
-            dice = self.validate()
-            self.epoch = epoch + 1
-            self.elapsed = time.monotonic() - t0
-            train_loss = float(np.mean(losses)) if losses else float("nan")
-            train_loss = all_reduce_sum([train_loss], self.dist, self.device)[0] / self.dist.world_size
-            row = {"epoch": epoch, "step": self.step, "train_loss": round(train_loss, 6),
-                   "val_dice": None if dice is None else round(dice, 6),
-                   "lr": self.scheduler.get_last_lr()[0], "time": round(self.elapsed, 2)}
-            improved = dice is not None and dice > self.best_metric
-            if improved:
-                self.best_metric, self.best_epoch = dice, epoch
-            if main:
-                self.rows.append(row)
-                assert logger is not None
-                logger.rows = list(self.rows[:-1])
-                logger.log(row)
-                metrics = {"val_dice": dice, "epoch": epoch, "step": self.step, "train_loss": train_loss}
-                self._save("last.pt", True, metrics)
-                if improved or not (self.run_dir / "best.pt").exists():
-                    self._save("best.pt", False, metrics)
-                log.info("epoch %d done: step %d train_loss %.4f val_dice %s (best %s @ epoch %d) lr %.2e time %.0fs",
-                         epoch, self.step, train_loss, "n/a" if dice is None else f"{dice:.4f}",
-                         "n/a" if not math.isfinite(self.best_metric) else f"{self.best_metric:.4f}",
-                         self.best_epoch, row["lr"], self.elapsed)
-            else:
-                self.rows.append(row)
+            row = self._end_epoch(epoch, losses, clock, logger)
             # measured validation + checkpoint time, with margin, is what the time budget keeps free
-            reserve = 1.5 * (time.monotonic() - t_val) + 1.0
-            if cfg.epoch_callback is not None and cfg.epoch_callback(epoch, row):
-                stop = True
-            if self.epoch >= cfg.max_epochs:
-                stop = True
-            if cfg.max_time_s and self.elapsed + reserve >= cfg.max_time_s:
-                stop = True
-            stop = self._agree(stop)
-        hashes = gather_objects(state_hash(self.model), self.dist)
-        if main:
-            from medseg.io.atomic import write_json_atomic
-
-            write_json_atomic(self.run_dir / "final.json", {
-                "epoch": self.epoch, "step": self.step, "elapsed_s": round(self.elapsed, 2),
-                "best_val_dice": self.best_metric if math.isfinite(self.best_metric) else None,
-                "best_epoch": self.best_epoch, "rank_weight_sha256": hashes,
-            })
-            if len(set(hashes)) != 1:
-                log.warning("ranks ended with different weights: %s", hashes)
+            clock.reserve = 1.5 * (time.monotonic() - t_val) + 1.0
+            stop = self._agree(self._should_stop(epoch, row, clock) or out_of_time)  # the callback runs every epoch
+        self._write_final()
         if logger is not None:
             logger.close()
         return self.run_dir / "best.pt"
+
+    def _train_epoch(self, epoch: int, clock: _Clock) -> tuple[list[float], bool]:
+        """One epoch's steps; returns the step losses and whether the time budget ran out."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self._seed_epoch(epoch)
+        losses: list[float] = []
+        out_of_time = False
+        bar = tqdm(total=cfg.steps_per_epoch, desc=f"epoch {epoch}", leave=False,
+                   disable=cfg.quiet or not self.dist.is_main or not sys.stderr.isatty())
+        for batch in self._loader(epoch):
+            t_step = time.monotonic()
+            losses.append(self.train_step(batch))
+            took = time.monotonic() - t_step
+            clock.step_s = took if not clock.step_s else 0.8 * clock.step_s + 0.2 * took
+            self.step += 1
+            self.elapsed = time.monotonic() - clock.t0
+            self.scheduler.step(self.step, self.elapsed)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            self._log_step(epoch, losses, time.monotonic() - t_step, clock.step_s)
+            if cfg.max_time_s and self._agree(self.elapsed + clock.step_s + clock.reserve >= cfg.max_time_s):
+                out_of_time = True
+                break
+        bar.close()
+        return losses, out_of_time
+
+    def _log_step(self, epoch: int, losses: list[float], took: float, step_s: float) -> None:
+        every = self.cfg.log_every
+        if self.dist.is_main and not self.cfg.quiet and every and self.step % every == 0:
+            log.info("epoch %d step %d loss %.4f (mean of last %d: %.4f) lr %.2e", epoch, self.step, losses[-1],
+                     min(len(losses), every), float(np.mean(losses[-every:])), self.scheduler.get_last_lr()[0])
+        log.debug("step %d took %.2fs (avg %.2fs), elapsed %.1fs", self.step, took, step_s, self.elapsed)
+
+    def _end_epoch(self, epoch: int, losses: list[float], clock: _Clock,
+                   logger: MetricsLogger | None) -> dict[str, Any]:
+        """Validate, record the epoch's row and (rank 0) write ``last.pt`` and, if better, ``best.pt``."""
+        dice = self.validate()
+        self.epoch = epoch + 1
+        self.elapsed = time.monotonic() - clock.t0
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        train_loss = all_reduce_sum([train_loss], self.dist, self.device)[0] / self.dist.world_size
+        row = {"epoch": epoch, "step": self.step, "train_loss": round(train_loss, 6),
+               "val_dice": None if dice is None else round(dice, 6),
+               "lr": self.scheduler.get_last_lr()[0], "time": round(self.elapsed, 2)}
+        improved = dice is not None and dice > self.best_metric
+        if improved:
+            self.best_metric, self.best_epoch = dice, epoch
+        self.rows.append(row)
+        if logger is not None:
+            logger.rows = list(self.rows[:-1])
+            logger.log(row)
+            metrics = {"val_dice": dice, "epoch": epoch, "step": self.step, "train_loss": train_loss}
+            self._save("last.pt", True, metrics)
+            if improved or not (self.run_dir / "best.pt").exists():
+                self._save("best.pt", False, metrics)
+            log.info("epoch %d done: step %d train_loss %.4f val_dice %s (best %s @ epoch %d) lr %.2e time %.0fs",
+                     epoch, self.step, train_loss, "n/a" if dice is None else f"{dice:.4f}",
+                     "n/a" if not math.isfinite(self.best_metric) else f"{self.best_metric:.4f}",
+                     self.best_epoch, row["lr"], self.elapsed)
+        return row
+
+    def _should_stop(self, epoch: int, row: dict[str, Any], clock: _Clock) -> bool:
+        """The epoch callback asked to stop, ``max_epochs`` is reached or no time is left for another."""
+        cfg = self.cfg
+        stop = cfg.epoch_callback is not None and bool(cfg.epoch_callback(epoch, row))
+        no_time = bool(cfg.max_time_s and self.elapsed + clock.reserve >= cfg.max_time_s)
+        return stop or self.epoch >= cfg.max_epochs or no_time
+
+    def _write_final(self) -> None:
+        """``final.json`` (rank 0): where training ended and every rank's weight hash."""
+        hashes = gather_objects(state_hash(self.model), self.dist)
+        if not self.dist.is_main:
+            return
+        from medseg.io.atomic import write_json_atomic
+
+        write_json_atomic(self.run_dir / "final.json", {
+            "epoch": self.epoch, "step": self.step, "elapsed_s": round(self.elapsed, 2),
+            "best_val_dice": self.best_metric if math.isfinite(self.best_metric) else None,
+            "best_epoch": self.best_epoch, "rank_weight_sha256": hashes,
+        })
+        if len(set(hashes)) != 1:
+            log.warning("ranks ended with different weights: %s", hashes)
+
+
+@dataclass
+class _Clock:
+    """Wall-clock bookkeeping of :meth:`Trainer.fit`: start, step time and the validation reserve."""
+
+    t0: float
+    step_s: float = 0.0  #: running average of a training step
+    reserve: float = 0.0  #: seconds kept free for the final validation + checkpoint
