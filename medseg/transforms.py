@@ -1,7 +1,9 @@
-"""Preprocessing shared by training and inference, and MONAI pipelines built from a plan.
+"""MONAI pipelines built from a plan, on the one preprocessing definition of :mod:`medseg.preprocess`.
 
-``normalise_ct`` is the single definition of CT intensity handling: training transforms and the
-inference path both call it, so a model always sees the intensities it was trained on.
+Orientation, the plan grid, CT normalisation and resampling are defined once in
+:mod:`medseg.preprocess`; :class:`PlanResampled` applies them here exactly as inference does, so
+a training or validation case is the array ``Predictor`` would feed its sliding window.
+``normalise_ct`` and ``pad_value`` are re-exported from there (they were defined here).
 """
 
 from __future__ import annotations
@@ -10,25 +12,8 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from medseg.plan import IntensityPlan, Plan
-
-
-def normalise_ct(array: np.ndarray, intensity: IntensityPlan) -> np.ndarray:
-    """Clip HU to ``intensity.clip`` then standardise with the plan's mean/std (float32)."""
-    lo, hi = intensity.clip
-    out = np.clip(np.asarray(array, dtype=np.float32), lo, hi)
-    out -= np.float32(intensity.mean)
-    out /= np.float32(intensity.std)
-    return out
-
-
-def pad_value(intensity: IntensityPlan) -> float:
-    """Normalised value of the lowest clipped HU (air): what patches and windows are padded with.
-
-    Training pads small cases to the patch size with it, and sliding-window inference should pass
-    it as ``cval`` so a model sees the same padding in both.
-    """
-    return float((intensity.clip[0] - intensity.mean) / intensity.std)
-
+from medseg.preprocess import PlanGrid, normalise_ct, pad_value
+from medseg.tasks import AugmentationTask, TaskConfig
 
 # --- MONAI dictionary transforms (module level so DataLoader workers can pickle them) ---------
 
@@ -62,7 +47,8 @@ class LoadVolumed(MapTransform):
             d[key] = MetaTensor(
                 torch.from_numpy(np.ascontiguousarray(arr))[None],
                 affine=torch.as_tensor(vol.affine_ras, dtype=torch.float64),
-                meta={"filename_or_obj": str(path)},
+                # the reader's voxel size: the plan grid uses it rather than the affine's column norms
+                meta={"filename_or_obj": str(path), "spacing": tuple(vol.spacing)},
             )
         return d
 
@@ -84,6 +70,62 @@ class NormaliseCTd(MapTransform):
             out = torch.from_numpy(normalise_ct(np.asarray(img.detach().cpu()), self.intensity))
             d[key] = MetaTensor(out, meta=dict(img.meta)) if isinstance(img, MetaTensor) else out
         return d
+
+
+class PlanResampled(MapTransform):
+    """Put ``keys`` on the plan grid exactly as inference does (:mod:`medseg.preprocess`).
+
+    ``image_key`` (HU) is normalised with :func:`normalise_ct` and resampled trilinearly: the array
+    :meth:`medseg.inference.predictor.Predictor.network_input` builds for the same scan. Every other
+    key (labels) takes the nearest voxel. With ``hu_key``, the image is also resampled without
+    normalisation into that key, for transforms that work in HU (:class:`HardNegativeMapd`).
+    Inputs are channel-first single-channel MetaTensors as :class:`LoadVolumed` makes; outputs are
+    float32 MetaTensors ``[1, *plan grid]`` whose affine is the plan grid's.
+    """
+
+    def __init__(self, keys, plan: Plan, image_key: str = "image", hu_key: str | None = None,  # noqa: ANN001
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        # the plan's parts only: small to pickle into DataLoader workers
+        self.spacing = tuple(float(s) for s in plan.spacing)
+        self.orientation = plan.orientation
+        self.intensity = plan.intensity
+        self.image_key, self.hu_key = image_key, hu_key
+
+    def __call__(self, data):  # noqa: ANN001, ANN204
+        d = dict(data)
+        for key in self.key_iterator(d):
+            src = d[key]
+            arr, grid = self._grid(src)
+            box = grid.whole()
+            if key == self.image_key:
+                if self.hu_key is not None:
+                    d[self.hu_key] = _on_grid(box.image(arr).full(), grid, src)
+                out = box.image(arr, self.intensity).full()
+            else:
+                out = box.label(arr)
+            d[key] = _on_grid(out, grid, src)
+        return d
+
+    def _grid(self, img) -> tuple[np.ndarray, PlanGrid]:  # noqa: ANN001
+        """The single channel of ``img`` and its plan grid (from the MetaTensor's affine)."""
+        arr = np.asarray(img.detach().cpu())
+        if arr.ndim != 4 or arr.shape[0] != 1:
+            raise ValueError(f"PlanResampled expects channel-first single-channel data, got shape {arr.shape}")
+        meta = getattr(img, "meta", {})
+        affine = np.asarray(img.affine, dtype=np.float64)
+        return arr[0], PlanGrid.from_affine(arr.shape[1:], affine, self.spacing, self.orientation, meta.get("spacing"))
+
+
+def _on_grid(array: np.ndarray, grid: PlanGrid, like) -> object:  # noqa: ANN001
+    """``array`` (plan grid) as a channel-first MetaTensor carrying the plan grid's geometry."""
+    import torch
+    from monai.data import MetaTensor
+
+    meta = {k: v for k, v in getattr(like, "meta", {}).items() if k not in ("affine", "spacing")}
+    meta["spacing"] = grid.target
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    return MetaTensor(tensor, affine=torch.as_tensor(grid.grid_affine, dtype=torch.float64), meta=meta)
 
 
 class BinariseLabeld(MapTransform):
@@ -169,30 +211,25 @@ class LesionBalancedIndicesd(MapTransform):
 def _preprocess(plan: Plan, hard_negatives: dict | None = None, max_indices: int = 200_000):  # noqa: ANN202
     """Deterministic part shared by training and validation (cached by ``CacheDataset``).
 
-    With ``hard_negatives`` (training), a three-class sampling map is built (see
-    :class:`HardNegativeMapd`) and reduced to at most ``max_indices`` crop centres per class, so the
-    random crop does not rescan a whole-scan volume on every draw.
+    The image is put on the plan grid and normalised by :class:`PlanResampled`, exactly as
+    inference builds its network input. With ``hard_negatives`` (training), a three-class sampling
+    map is built from the HU image on the same grid (see :class:`HardNegativeMapd`) and reduced to
+    at most ``max_indices`` crop centres per class, so the random crop does not rescan a whole-scan
+    volume on every draw.
     """
-    from monai.transforms import (
-        ClassesToIndicesd,
-        DeleteItemsd,
-        EnsureTyped,
-        Orientationd,
-        Spacingd,
-        SpatialPadd,
-    )
+    from monai.transforms import ClassesToIndicesd, DeleteItemsd, EnsureTyped, SpatialPadd
 
+    hu_key = "image_hu" if hard_negatives is not None else None
     xs = [
         LoadVolumed(["image", "label"]),
         BinariseLabeld("label"),
-        Orientationd(["image", "label"], axcodes=plan.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd(["image", "label"], pixdim=plan.spacing, mode=("bilinear", "nearest")),
+        PlanResampled(["image", "label"], plan, image_key="image", hu_key=hu_key),
     ]
     if hard_negatives is not None:
         opts = {k: hard_negatives[k] for k in ("min_hu", "max_context_hu", "context_mm") if k in hard_negatives}
-        xs.append(HardNegativeMapd("image", "label", "sampling", plan.spacing, **opts))
+        # mined in HU: the normalised image is clipped, which would shift the context means
+        xs += [HardNegativeMapd(hu_key, "label", "sampling", plan.spacing, **opts), DeleteItemsd(hu_key)]
     xs += [
-        NormaliseCTd("image", plan.intensity),
         SpatialPadd("image", spatial_size=plan.patch_size, mode="constant", value=pad_value(plan.intensity)),
         SpatialPadd("label", spatial_size=plan.patch_size, mode="constant", value=0),
     ]
@@ -207,15 +244,40 @@ def _preprocess(plan: Plan, hard_negatives: dict | None = None, max_indices: int
     return xs
 
 
-def train_transforms(plan: Plan, task: dict | None = None):  # noqa: ANN201
-    """Training pipeline: load, RAS, resample, normalise, pad; fg-oversampled crop; augmentation."""
+def train_transforms(plan: Plan, task: TaskConfig | None = None):  # noqa: ANN201
+    """Training pipeline: load, RAS, resample, normalise, pad; fg-oversampled crop; augmentation.
+
+    ``task`` supplies the sampling and augmentation settings (None: the task defaults).
+    """
+    from dataclasses import asdict
+
+    from monai.transforms import Compose, DeleteItemsd, RandCropByLabelClassesd, RandCropByPosNegLabeld
+
+    task = task if task is not None else TaskConfig()
+    samp = task.sampling
+    keys = ["image", "label"]
+    patch = list(plan.patch_size)
+    if samp.hard_negative.ratio > 0:
+        # background : foreground : hard negative; a class a case lacks is skipped for that case
+        xs: list = _preprocess(plan, hard_negatives=asdict(samp.hard_negative))
+        ratios = [samp.neg, samp.pos, samp.hard_negative.ratio]
+        xs += [
+            RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, ratios=ratios, num_classes=3,
+                                    num_samples=1, indices_key="sampling_idx", warn=False),
+            DeleteItemsd("sampling_idx"),
+        ]
+    else:
+        xs = _preprocess(plan)
+        xs.append(RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=samp.pos, neg=samp.neg,
+                                         num_samples=1))
+    return Compose(xs + _augmentations(task.augmentation, keys, patch))
+
+
+def _augmentations(aug: AugmentationTask, keys: list[str], patch: list[int]) -> list:
+    """The random augmentations of a task's ``augmentation`` section (those with probability > 0)."""
     from monai.transforms import (
-        Compose,
-        DeleteItemsd,
         RandAdjustContrastd,
         RandAffined,
-        RandCropByLabelClassesd,
-        RandCropByPosNegLabeld,
         RandFlipd,
         RandGaussianNoised,
         RandRotate90d,
@@ -224,57 +286,28 @@ def train_transforms(plan: Plan, task: dict | None = None):  # noqa: ANN201
         RandSimulateLowResolutiond,
     )
 
-    task = task or {}
-    samp = task.get("sampling", {})
-    aug = task.get("augmentation", {})
-    keys = ["image", "label"]
-    patch = list(plan.patch_size)
-    hard = dict(samp.get("hard_negative") or {})
-    if float(hard.get("ratio", 0)) > 0:
-        # background : foreground : hard negative; a class a case lacks is skipped for that case
-        xs: list = _preprocess(plan, hard_negatives=hard)
-        ratios = [float(samp.get("neg", 1)), float(samp.get("pos", 2)), float(hard["ratio"])]
-        xs += [
-            RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, ratios=ratios, num_classes=3,
-                                    num_samples=1, indices_key="sampling_idx", warn=False),
-            DeleteItemsd("sampling_idx"),
-        ]
-    else:
-        xs = _preprocess(plan)
-        xs.append(
-            RandCropByPosNegLabeld(
-                keys, label_key="label", spatial_size=patch, pos=float(samp.get("pos", 2)),
-                neg=float(samp.get("neg", 1)), num_samples=1,
-            )
-        )
-    if aug.get("affine", 0):
-        rot = np.deg2rad(float(aug.get("rotate_deg", 15.0)))
-        scale = float(aug.get("scale", 0.15))
-        xs.append(
-            RandAffined(
-                keys, prob=float(aug["affine"]), rotate_range=(0.0, 0.0, rot), scale_range=(scale,) * 3,
-                mode=("bilinear", "nearest"), padding_mode=("border", "zeros"), spatial_size=patch,
-            )
-        )
-    flip = float(aug.get("flip", 0))
-    if flip:
-        xs += [RandFlipd(keys, prob=flip, spatial_axis=a) for a in range(3)]
-    if aug.get("rot90", 0) and patch[0] == patch[1]:
-        xs.append(RandRotate90d(keys, prob=float(aug["rot90"]), max_k=3, spatial_axes=(0, 1)))
-    if aug.get("intensity_scale", 0):
-        xs.append(RandScaleIntensityd("image", factors=0.1, prob=float(aug["intensity_scale"])))
-    if aug.get("intensity_shift", 0):
-        xs.append(RandShiftIntensityd("image", offsets=0.1, prob=float(aug["intensity_shift"])))
-    if aug.get("noise", 0):
-        xs.append(RandGaussianNoised("image", prob=float(aug["noise"]), std=0.05))
-    if aug.get("contrast", 0):
-        xs.append(RandAdjustContrastd("image", prob=float(aug["contrast"]), gamma=(0.7, 1.5)))
-    if aug.get("low_resolution", 0):
+    xs: list = []
+    if aug.affine:
+        xs.append(RandAffined(keys, prob=aug.affine, rotate_range=(0.0, 0.0, np.deg2rad(aug.rotate_deg)),
+                              scale_range=(aug.scale,) * 3, mode=("bilinear", "nearest"),
+                              padding_mode=("border", "zeros"), spatial_size=patch))
+    if aug.flip:
+        xs += [RandFlipd(keys, prob=aug.flip, spatial_axis=a) for a in range(3)]
+    if aug.rot90 and patch[0] == patch[1]:
+        xs.append(RandRotate90d(keys, prob=aug.rot90, max_k=3, spatial_axes=(0, 1)))
+    if aug.intensity_scale:
+        xs.append(RandScaleIntensityd("image", factors=0.1, prob=aug.intensity_scale))
+    if aug.intensity_shift:
+        xs.append(RandShiftIntensityd("image", offsets=0.1, prob=aug.intensity_shift))
+    if aug.noise:
+        xs.append(RandGaussianNoised("image", prob=aug.noise, std=0.05))
+    if aug.contrast:
+        xs.append(RandAdjustContrastd("image", prob=aug.contrast, gamma=(0.7, 1.5)))
+    if aug.low_resolution:
         # nnU-Net's low-resolution simulation: the image (never the label) is shrunk by a random
         # zoom and blown back up, so the network sees the blur of coarser scans than its spacing.
-        zoom = tuple(float(z) for z in aug.get("low_resolution_zoom", (0.5, 1.0)))
-        xs.append(RandSimulateLowResolutiond("image", prob=float(aug["low_resolution"]), zoom_range=zoom))
-    return Compose(xs)
+        xs.append(RandSimulateLowResolutiond("image", prob=aug.low_resolution, zoom_range=aug.low_resolution_zoom))
+    return xs
 
 
 def val_transforms(plan: Plan):  # noqa: ANN201
