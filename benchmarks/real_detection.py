@@ -257,7 +257,10 @@ def cache_key(args: argparse.Namespace) -> str:
     from medseg.models import BUNDLED_MODEL
 
     h = hashlib.sha256(Path(args.model or BUNDLED_MODEL).read_bytes())
-    h.update(json.dumps([args.precision, args.no_crf, args.no_masses, args.overlap]).encode())
+    settings = [args.precision, args.no_crf, args.no_masses, args.overlap]
+    if args.window or args.tta:  # only when set: the keys of earlier runs stay valid
+        settings += [args.window, args.tta]
+    h.update(json.dumps(settings).encode())
     return h.hexdigest()[:16]
 
 
@@ -368,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-confidence", type=float, default=None, help="operating point (default: the model's)")
     ap.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"])
     ap.add_argument("--overlap", type=float, default=None)
+    ap.add_argument("--window", type=lambda t: tuple(int(v) for v in t.split(",")), default=None,
+                    help="sliding-window size X,Y,Z in plan voxels (default: the plan's)")
+    ap.add_argument("--tta", action="store_true", help="average the 8 axis flips")
     ap.add_argument("--no-crf", action="store_true")
     ap.add_argument("--no-masses", action="store_true")
     ap.add_argument("--work-dir", default=None, help="keep hybrids and candidates here (re-runs re-score)")
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="real_detection_"))
     segmenter = Segmenter(InferenceSettings(model=args.model, device="cpu", quiet=True, preview=False,
-                                            min_confidence=0.0, precision=args.precision, overlap=args.overlap,
+                                            min_confidence=0.0, precision=args.precision, overlap=args.overlap, window=args.window, tta=args.tta,
                                             crf=False if args.no_crf else None, masses=not args.no_masses))
     cut = float(segmenter.plan.inference.min_confidence if args.min_confidence is None else args.min_confidence)
     cache = work / "candidates" / cache_key(args)

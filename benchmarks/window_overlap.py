@@ -11,16 +11,16 @@ masks in the lung, components >= 3 mm of the reference that it also marks, and t
 probability difference.
 
 It also measures **placement dependence**, the reason overlap 0.5 is the default: the same
-configuration on the scan with its first ``--shift`` slices of every axis cut off, so every window
-falls elsewhere on the anatomy; masks are compared on the voxels both cover. A network whose
+configuration with every window moved by half its stride along every axis (on the plan grid, so
+nothing is resampled differently); masks are compared on the voxels both cover. A network whose
 output did not depend on where windows fall (no per-window statistics) would give Dice 1.0 there.
+Everything runs on the plan grid over the lung box's windows, as ``Predictor.predict_roi`` does.
 Detection figures for a configuration come from ``benchmarks/real_detection.py --window --overlap``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -73,36 +73,59 @@ def components_found(reference: np.ndarray, other: np.ndarray, voxel_mm3: float,
     return f"{sum(i in hit for i in big)}/{len(big)}"
 
 
-def predict(predictor, volume, lung: np.ndarray) -> tuple[np.ndarray, dict]:  # noqa: ANN001
-    roi = predictor.predict_roi(volume, lung)
-    return roi.full(volume.shape), roi.stats
+@dataclass
+class GridCase:
+    """One scan on the plan grid: the network input, the lung and the windows' run mask."""
+
+    image: np.ndarray
+    lung: np.ndarray
+    run_mask: np.ndarray
+    voxel_mm3: float
 
 
-def shifted(volume, lung: np.ndarray, shift: int):  # noqa: ANN001, ANN201
-    """The scan and mask without their first ``shift`` planes along every axis (origin moved)."""
-    cut = (slice(shift, None),) * 3
-    origin = volume.index_to_world(np.array([shift] * 3, float))
-    return dataclasses.replace(volume, array=np.asarray(volume.array)[cut], origin=tuple(origin)), lung[cut]
+def grid_case(predictor, volume, lung: np.ndarray) -> GridCase:  # noqa: ANN001
+    geo = predictor.model_geometry(volume, None)
+    image = geo.image(volume.array, predictor.plan.intensity).full()
+    return GridCase(image, geo.label(lung) > 0, predictor.window_mask(geo, lung),
+                    float(np.prod(predictor.plan.spacing)))
 
 
-def measure(config: Config, reference: tuple[np.ndarray, float] | None, volume, lung: np.ndarray,  # noqa: ANN001
+def probability(predictor, case: GridCase, shift: tuple[int, int, int] = (0, 0, 0)) -> tuple[np.ndarray, dict, float]:  # noqa: ANN001
+    """The shipped sliding window on the plan grid, its windows moved by ``shift`` voxels (the image
+    loses its first ``shift`` planes, so the window grid starts there: no resampling changes)."""
+    from medseg.inference.sliding_window import sliding_window_probability
+    from medseg.preprocess import pad_value
+
+    cut = tuple(slice(s, None) for s in shift)
+    t0 = time.perf_counter()
+    prob, counts = sliding_window_probability(
+        case.image[cut], predictor.network, predictor.window, overlap=predictor.overlap,
+        sw_batch_size=predictor.sw_batch_size, mask=case.run_mask[cut], device=predictor.device,
+        autocast_dtype=predictor.autocast_dtype, cval=pad_value(predictor.plan.intensity))
+    return prob, counts, time.perf_counter() - t0
+
+
+def half_stride(predictor) -> tuple[int, int, int]:  # noqa: ANN001
+    return tuple(max(1, int(round(w * (1.0 - predictor.overlap) / 2.0))) for w in predictor.window)  # type: ignore[return-value]
+
+
+def measure(config: Config, reference: tuple[np.ndarray, np.ndarray, float] | None, case: GridCase,
             args: argparse.Namespace) -> tuple[Row, np.ndarray]:
     from medseg.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(args.model, device="cpu", window=config.window,
-                                          overlap=config.overlap, precision=args.precision)
-    prob, stats = predict(predictor, volume, lung)
-    mask = (prob >= 0.5) & lung
-    ref_mask, ref_s = (mask, stats["network_s"]) if reference is None else reference
-    ref_prob = prob if reference is None else args.reference_probability
-    sv, sl = shifted(volume, lung, args.shift)
-    prob_s, _ = predict(predictor, sv, sl)
-    cut = (slice(args.shift, None),) * 3
-    placement = dice(mask[cut], (prob_s >= 0.5) & sl)
-    row = Row(list(predictor.window), config.overlap, int(stats["windows_run"]), round(stats["network_s"], 2),
-              round(ref_s / stats["network_s"], 2), round(dice(ref_mask, mask), 4),
-              components_found(ref_mask, mask, volume.voxel_volume_mm3),
-              round(float(np.abs(prob - ref_prob)[lung].max()), 3), round(placement, 4))
+                                          overlap=config.overlap, precision=args.precision, runtime=args.runtime)
+    prob, counts, seconds = probability(predictor, case)
+    mask = (prob >= 0.5) & case.lung
+    ref_mask, ref_prob, ref_s = (mask, prob, seconds) if reference is None else reference
+    shift = half_stride(predictor)
+    moved, _, _ = probability(predictor, case, shift)
+    cut = tuple(slice(s, None) for s in shift)
+    placement = dice(mask[cut], (moved >= 0.5) & case.lung[cut])
+    row = Row(list(predictor.window), config.overlap, int(counts["windows_run"]), round(seconds, 2),
+              round(ref_s / seconds, 2), round(dice(ref_mask, mask), 4),
+              components_found(ref_mask, mask, case.voxel_mm3),
+              round(float(np.abs(prob - ref_prob)[case.lung].max()), 3), round(placement, 4))
     return row, prob
 
 
@@ -114,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="WINDOW@OVERLAP, WINDOW = X,Y,Z plan voxels or 'plan'; the first is the reference")
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     ap.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--shift", type=int, default=7, help="planes cut off for the placement test (default 7)")
+    ap.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -128,17 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     lung = compute_lung_mask(volume).mask > 0
     rows: list[Row] = []
     reference = None
+    case = None
     t0 = time.perf_counter()
     for text in args.configs:
-        row, prob = measure(Config.parse(text), reference, volume, lung, args)
+        config = Config.parse(text)
+        if case is None:
+            from medseg.inference.predictor import Predictor
+
+            case = grid_case(Predictor.from_checkpoint(args.model, device="cpu"), volume, lung)
+        row, prob = measure(config, reference, case, args)
         if reference is None:
-            reference = ((prob >= 0.5) & lung, row.network_s)
-            args.reference_probability = prob
+            reference = ((prob >= 0.5) & case.lung, prob, row.network_s)
         rows.append(row)
         if not args.json:
             print("  ".join(f"{k}={v}" for k, v in asdict(row).items()), flush=True)
     result = {"benchmark": "window_overlap", "scan": Path(args.scan).name, "model": args.model or "bundled",
-              "precision": args.precision or "plan", "shift": args.shift, "rows": [asdict(r) for r in rows],
+              "precision": args.precision or "plan", "runtime": args.runtime, "rows": [asdict(r) for r in rows],
               "elapsed_s": round(time.perf_counter() - t0, 1)}
     if args.json:
         print(json.dumps(result))

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: commands and whether they write an output
 COMMANDS = {"infer": True, "train": True, "train-fp": True, "evaluate": False, "measure": True, "batch": True,
-            "info": False}
+            "info": False, "export": True}
 FAST = ["--device", "cpu", "--no-crf", "--quiet"]
 
 

@@ -29,8 +29,8 @@ from medseg.errors import InputError
 
 STEPS = ["discover", "segment", "summarise"]
 #: InferenceSettings fields a pipeline may set (mirrors medseg.inference.pipeline.InferenceSettings).
-INFERENCE_KEYS = ("model", "device", "tta", "overlap", "min_confidence", "save_probabilities", "lung_mask", "crf",
-                  "dicom_seg", "preview", "on_no_lung", "masses", "precision", "output_format")
+INFERENCE_KEYS = ("model", "device", "tta", "overlap", "window", "min_confidence", "save_probabilities", "lung_mask", "crf",
+                  "dicom_seg", "preview", "on_no_lung", "masses", "precision", "runtime", "output_format")
 EXECUTION_KEYS = ("workers", "scheduler", "cluster")
 TOP_KEYS = ("pipeline", "version", "description", "steps", "input", "output", "inference", "execution")
 CLUSTER_TYPES = ("local", "slurm", "pbs", "sge", "lsf", "htcondor", "moab", "oar")
@@ -44,10 +44,10 @@ def default_pipeline() -> dict[str, Any]:
         "steps": list(STEPS),
         "input": None,
         "output": None,
-        "inference": {"model": None, "device": "auto", "tta": False, "overlap": None, "min_confidence": None,
+        "inference": {"model": None, "device": "auto", "tta": False, "overlap": None, "window": None, "min_confidence": None,
                       "save_probabilities": False, "lung_mask": True, "crf": None, "dicom_seg": True,
                       "preview": True, "on_no_lung": "fail", "masses": True, "precision": None,
-                      "output_format": "nii.gz"},
+                      "runtime": "torch", "output_format": "nii.gz"},
         "execution": {"workers": None, "scheduler": None, "cluster": None},
     }
 
@@ -92,7 +92,8 @@ def load_pipeline(source: str | os.PathLike[str] | dict[str, Any] | None) -> dic
 
 
 #: allowed values of the inference settings that take one of a few words (None: the model's)
-CHOICES = {"on_no_lung": ("fail", "search_body"), "precision": (None, "auto", "fp32", "bf16", "fp16")}
+CHOICES = {"on_no_lung": ("fail", "search_body"), "precision": (None, "auto", "fp32", "bf16", "fp16"),
+           "runtime": ("torch", "onnxruntime", "openvino")}
 
 
 def check_inference(values: dict[str, Any], where: Any) -> None:

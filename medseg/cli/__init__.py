@@ -18,7 +18,7 @@ from medseg import __version__
 from medseg.errors import InputError
 
 #: Preferred order of subcommands in ``--help``; any other command module follows.
-_ORDER: tuple[str, ...] = ("infer", "train", "train_fp", "evaluate", "measure", "batch", "info")
+_ORDER: tuple[str, ...] = ("infer", "train", "train_fp", "evaluate", "measure", "batch", "export", "info")
 
 
 def command_modules() -> list[str]:

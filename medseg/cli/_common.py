@@ -15,7 +15,7 @@ from typing import Any
 from medseg.errors import InputError
 
 #: InferenceSettings fields the shared inference options set (None = not given on the command line)
-INFERENCE_OPTIONS = ("model", "device", "precision", "tta", "overlap", "min_confidence", "save_probabilities",
+INFERENCE_OPTIONS = ("model", "device", "precision", "runtime", "tta", "overlap", "window", "min_confidence", "save_probabilities",
                      "crf", "lung_mask", "on_no_lung", "masses", "preview", "output_format")
 
 
@@ -76,6 +76,16 @@ def _overlap(text: str) -> float:
     return value
 
 
+def _window(text: str) -> tuple[int, int, int]:
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"window must be three positive integers X,Y,Z, got {text!r}")
+    return size  # type: ignore[return-value]
+
+
 def _unit(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -93,10 +103,16 @@ def add_inference_options(p: argparse.ArgumentParser, exit_no_lung: int) -> None
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                    help="network precision (default: the model's): auto = bf16 where the CPU (AVX512_BF16/AMX) "
                         "or GPU runs it natively, else fp32; fp16 is for CUDA")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default=None,
+                   help="what runs the network (default torch); onnxruntime (fp32) and openvino (fp32/bf16) run "
+                        "on the CPU and need medseg[onnx] / medseg[openvino]")
     p.add_argument("--tta", action="store_true", default=None, help="average over flipped copies (8x slower)")
     p.add_argument("--overlap", type=_overlap, default=None,
                    help="sliding-window overlap in [0, 1) (default: the model's, 0.5); lower is faster but "
                         "changes the masks")
+    p.add_argument("--window", type=_window, default=None, metavar="X,Y,Z",
+                   help="sliding-window size in plan voxels (default: the model's training patch); must be "
+                        "divisible by the network's strides")
     p.add_argument("--min-confidence", type=_unit, default=None,
                    help="drop nodules whose confidence (the model's candidate classifier, else the mean "
                         "probability) is below this, in [0, 1] (default: the model's; 0 keeps every candidate)")

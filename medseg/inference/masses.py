@@ -47,7 +47,8 @@ def coarse_predictor(predictor: Predictor, scale: float) -> Predictor:
     """The same network on a grid ``scale`` times coarser than its plan (the model is shared)."""
     plan = dataclasses.replace(predictor.plan, spacing=tuple(s * scale for s in predictor.plan.spacing))
     return Predictor(predictor.model, plan, device=predictor.device, window=predictor.window,
-                     overlap=predictor.overlap, sw_batch_size=predictor.sw_batch_size, precision=predictor.precision)
+                     overlap=predictor.overlap, sw_batch_size=predictor.sw_batch_size, precision=predictor.precision,
+                     runtime=predictor.runtime)
 
 
 def find_masses(predictor: Predictor, volume: Volume, lungs: LungMaskResult, settings: InferencePlan) -> list[Mass]:

@@ -24,7 +24,6 @@ from medseg.inference.lung_mask import LungMaskResult
 from medseg.inference.predictor import Predictor, RoiPrediction
 from medseg.io import Volume, as_volume, read_volume
 from medseg.io import case_name as _strip_extension
-from medseg.models.precision import precision_name
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,7 @@ class InferenceSettings:
     device: str = "auto"  # auto|cpu|cuda|cuda:N
     tta: bool = False
     overlap: float | None = None  # sliding-window overlap; None = the model plan's (0.5)
+    window: tuple[int, int, int] | None = None  # sliding-window size (plan voxels); None = the plan's
     min_confidence: float | None = None  # component confidence cut; None = the model plan's
     save_probabilities: bool = False
     lung_mask: bool = True  # False = "crop mode": no lung masking/ROI (for nodule crops)
@@ -53,6 +53,7 @@ class InferenceSettings:
     on_no_lung: str = "fail"
     masses: bool = True  # the coarse mass pass (when the model's plan has one)
     precision: str | None = None  # auto|fp32|bf16|fp16; None = the model plan's
+    runtime: str = "torch"  # torch|onnxruntime|openvino: what runs the network (medseg.models.runtime)
     output_format: str = "nii.gz"  # image files: nii.gz|nrrd|mha (medseg.io.writers.OUTPUT_FORMATS)
 
 
@@ -112,8 +113,8 @@ class Segmenter:
         if self.settings.on_no_lung not in ("fail", "search_body"):
             raise ValueError(f"on_no_lung must be 'fail' or 'search_body', got {self.settings.on_no_lung!r}")
         self.predictor = predictor or Predictor.from_checkpoint(
-            self.settings.model, self.settings.device, tta=self.settings.tta, overlap=self.settings.overlap,
-            precision=self.settings.precision)
+            self.settings.model, self.settings.device, tta=self.settings.tta, overlap=self.settings.overlap, window=self.settings.window,
+            precision=self.settings.precision, runtime=self.settings.runtime)
         self.plan = self.predictor.plan
 
     # ----------------------------------------------------------------- pieces
@@ -148,7 +149,8 @@ class Segmenter:
             "min_confidence": self.postprocess_settings(True).min_confidence,
             "mass_scale": self.plan.inference.mass_scale if self.settings.masses else 0.0,
             "device": str(self.predictor.device),
-            "precision": precision_name(self.predictor.autocast_dtype),
+            "precision": self.predictor.network_precision,
+            "runtime": self.predictor.runtime,
         }
 
     # ----------------------------------------------------------------- the one path
