@@ -20,7 +20,9 @@ __all__ = [
     "__version__",
     "batch",
     "evaluate",
+    "export",
     "infer",
+    "load_task",
     "measure",
     "read_volume",
     "segment",
@@ -34,7 +36,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # segment/write_outputs/train/infer/evaluate/batch/measure load their stage on first use (see medseg.api)
-    if name in ("segment", "write_outputs", "train", "train_fp", "infer", "evaluate", "batch", "measure"):
+    if name in ("segment", "write_outputs", "train", "train_fp", "infer", "evaluate", "batch", "measure", "export",
+                "load_task"):
         from medseg import api
 
         return getattr(api, name)

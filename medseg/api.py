@@ -1,5 +1,5 @@
 """The Python API: ``segment()``, ``write_outputs()``, ``infer()``, ``train()``, ``train_fp()``,
-``evaluate()``, ``batch()``, ``measure()``.
+``evaluate()``, ``batch()``, ``measure()``, ``export()``, ``load_task()``.
 
 The CLI is a thin layer over these. Each one is implemented in its stage's package and imported
 on first use, so ``import medseg`` stays fast and a stage's heavy dependencies load only when used.
@@ -20,6 +20,8 @@ _IMPLEMENTATIONS = {
     "evaluate": "medseg.evaluation.api:evaluate",
     "batch": "medseg.batch.runner:run_batch",
     "measure": "medseg.report.measure_mask:measure_mask",
+    "export": "medseg.models.export:export_checkpoint",
+    "load_task": "medseg.tasks:load_task",
 }
 
 __all__ = sorted(_IMPLEMENTATIONS)

@@ -298,3 +298,26 @@ def test_low_resolution_augmentation_blurs_the_image_and_leaves_the_label(tmp_pa
     assert np.std(np.diff(blurred, axis=0)) < 0.5 * np.std(np.diff(sharp, axis=0))
     assert np.array_equal(np.asarray(low["label"][0]), np.asarray(plain["label"][0]))
     assert np.asarray(low["label"][0]).sum() == label.sum()
+
+
+def test_the_tasks_clip_percentiles_set_the_clip_window(tmp_path):
+    """``intensity.percentiles`` reaches the plan: the fingerprint takes those foreground
+    percentiles and the clip window starts from them (widened to ``include``)."""
+    import dataclasses
+
+    root = tmp_path / "vois"
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        m = _sphere(r=6)
+        hu = np.where(m > 0, rng.normal(700, 250, m.shape), -850).astype(np.int16)  # dense: above include
+        _write(root / "image" / f"LIDC-IDRI-000{i}_R_1.nii.gz", hu, (0.8, 0.8, 1.5))
+        _write(root / "mask" / f"LIDC-IDRI-000{i}_R_1.nii.gz", m, (0.8, 0.8, 1.5))
+    cases = read_dataset(root)
+    task = load_task("lung_nodule")
+    narrow_task = dataclasses.replace(task, intensity=dataclasses.replace(task.intensity, percentiles=(5.0, 95.0)))
+    wide_fp = fingerprint_dataset(cases, samples_per_case=2000)
+    narrow_fp = fingerprint_dataset(cases, samples_per_case=2000, percentiles=narrow_task.intensity.percentiles)
+    assert narrow_fp["foreground"]["clip_percentiles"] == [5.0, 95.0]
+    wide, narrow = make_plan(wide_fp, task, "cpu"), make_plan(narrow_fp, narrow_task, "cpu")
+    assert narrow.intensity.clip[1] == pytest.approx(narrow_fp["foreground"]["clip_values"][1])
+    assert 400 < narrow.intensity.clip[1] < wide.intensity.clip[1] - 100

@@ -115,3 +115,16 @@ def test_cli_export_prints_the_difference_and_refuses_bad_paths(tmp_path, ckpt, 
     assert main(["export", "-m", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.ts")]) == 2
     with pytest.raises(SystemExit):
         main(["export", "-m", str(ckpt), "-o", str(tmp_path / "x.ts"), "--window", "16,16"])
+
+
+def test_python_api_exports_a_checkpoint_and_loads_tasks(tmp_path, ckpt, net) -> None:
+    """``medseg.export`` and ``medseg.load_task`` are the Python side of the CLI."""
+    import medseg
+
+    res = medseg.export(tmp_path / "tiny.ts", model=ckpt)
+    assert res.format == "torchscript" and res.path.is_file() and res.max_abs_diff < 1e-4
+    x, expected = reference(net, (1, 1, *WINDOW))
+    with torch.no_grad():
+        got = torch.jit.load(str(res.path))(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert medseg.load_task("lung_nodule").optimizer.lr > 0

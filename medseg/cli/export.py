@@ -51,13 +51,11 @@ def _checkpoint(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.models import load_model
-    from medseg.models.export import export_model
+    from medseg.models.export import export_checkpoint
 
     out = require_output(args)
     checkpoint = _checkpoint(args)
-    model, plan, _ = load_model(checkpoint, device="cpu")
-    res = export_model(model, plan, out, fmt=args.format, window=args.window)
+    res = export_checkpoint(out, checkpoint, fmt=args.format, window=args.window)
     diff = "not checked (onnxruntime not installed)" if res.max_abs_diff is None else f"{res.max_abs_diff:.3g}"
     print(f"wrote {res.path} ({res.format}, window {'x'.join(map(str, res.window))}, "
           f"model {checkpoint or 'bundled'})")

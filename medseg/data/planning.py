@@ -60,12 +60,14 @@ def _case_fingerprint(case: Case, samples: int, seed: int) -> dict[str, Any]:
 
 
 def fingerprint_dataset(
-    cases: Sequence[Case], samples_per_case: int, seed: int = 0, workers: int = 2, progress: bool = False
+    cases: Sequence[Case], samples_per_case: int, seed: int = 0, workers: int = 2, progress: bool = False,
+    percentiles: tuple[float, float] = IntensityTask.percentiles,
 ) -> dict[str, Any]:
     """Shapes/spacings along RAS axes and foreground intensity statistics of ``cases``.
 
     ``samples_per_case`` foreground voxels per case feed the statistics (the task's
-    ``intensity.samples_per_case``).
+    ``intensity.samples_per_case``); ``percentiles`` (the task's ``intensity.percentiles``) are the
+    foreground HU percentiles the clip window starts from.
     """
     from tqdm.auto import tqdm
 
@@ -85,6 +87,8 @@ def fingerprint_dataset(
         "foreground": {
             "percentile_00_5": float(np.percentile(fg, 0.5)),
             "percentile_99_5": float(np.percentile(fg, 99.5)),
+            "clip_percentiles": [float(p) for p in percentiles],
+            "clip_values": [float(v) for v in np.percentile(fg, list(percentiles))],
             "mean": float(fg.mean()),
             "std": float(fg.std()),
             "min": float(fg.min()),
@@ -281,5 +285,6 @@ def _network_plan(layout: _Layout, net: NetworkTask, out_channels: int, ov: dict
 
 def _intensity_plan(fg: dict[str, Any], cfg: IntensityTask) -> IntensityPlan:
     """Clip to the foreground percentiles widened to cover ``cfg.include``; foreground mean/std."""
-    clip = (min(fg["percentile_00_5"], cfg.include[0]), max(fg["percentile_99_5"], cfg.include[1]))
+    lo, hi = fg.get("clip_values") or (fg["percentile_00_5"], fg["percentile_99_5"])  # older fingerprints
+    clip = (min(lo, cfg.include[0]), max(hi, cfg.include[1]))
     return IntensityPlan(clip=clip, mean=float(fg["mean"]), std=max(float(fg["std"]), 1e-3))

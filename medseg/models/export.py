@@ -214,3 +214,12 @@ def export_model(model: torch.nn.Module, plan: Plan, path: str | os.PathLike[str
     except OSError as exc:
         raise InputError(target, f"cannot write the exported model ({exc.strerror or exc})") from exc
     return ExportResult(target, plan_path, fmt, win, diff)
+
+
+def export_checkpoint(path: str | os.PathLike[str], model: str | os.PathLike[str] | None = None,
+                      fmt: str | None = None, window: tuple[int, int, int] | None = None) -> ExportResult:
+    """``medseg.export``: load a checkpoint (``None`` = the bundled model) and :func:`export_model` it."""
+    from medseg.models import load_model
+
+    network, plan, _ = load_model(None if model is None else str(model), device="cpu")
+    return export_model(network, plan, path, fmt=fmt, window=window)

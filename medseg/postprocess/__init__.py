@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.plan import InferencePlan
 from medseg.postprocess.candidates import CandidateClassifier
 from medseg.postprocess.components import ComponentFilter, component_features, filter_components
 from medseg.postprocess.crf import CRFSettings, refine
@@ -21,7 +22,7 @@ from medseg.postprocess.crf import CRFSettings, refine
 class PostprocessSettings:
     """How probabilities become nodule instances (sizes in mm)."""
 
-    threshold: float = 0.5
+    threshold: float = InferencePlan.threshold  # defaults defined once, in the plan
     # On by measurement: on the 148 held-out LIDC crops the bundled model's Dice goes 0.785 -> 0.802
     # (pydensecrf; torch 0.807), 108 crops better, 12 worse (benchmarks/crf_benchmark.py).
     crf: bool = True
@@ -30,7 +31,7 @@ class PostprocessSettings:
     vessel_filter: bool = False    # optional elongated-component FP filter
     connectivity: int = 26
     max_elongation: float = 3.0    # vessel filter: sqrt(l1/l2) of the world-mm PCA above this
-    min_confidence: float = 0.0    # drop components whose confidence is below (0 = off)
+    min_confidence: float = InferencePlan.min_confidence  # drop components whose confidence is below (0 = off)
     #: second-stage FP reduction: its P(nodule) is the confidence (else the mean probability)
     candidate_classifier: CandidateClassifier | None = None
     crf_settings: CRFSettings | None = None

@@ -15,6 +15,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from medseg.plan import InferencePlan
 from medseg.postprocess.candidates import CandidateClassifier, confidence
 
 #: Voxel-shell contact with the lung above which a component still counts as in the lung even if
@@ -42,7 +43,7 @@ class ComponentFilter:
     #: detection models use, applied after the threshold shaped the masks. The confidence is the
     #: candidate classifier's P(nodule) when one is given, else the mean probability (not the
     #: peak: vessel fragments peak as high as nodules, but a nodule is confident throughout).
-    min_confidence: float = 0.0
+    min_confidence: float = InferencePlan.min_confidence
     classifier: CandidateClassifier | None = None
 
 

@@ -228,7 +228,8 @@ def _fingerprint_plan(run_dir: Path, train_cases: list, task: TaskConfig, dev: t
     from medseg.data.planning import fingerprint_dataset, make_plan
 
     log.info("fingerprinting %d training cases", len(train_cases))
-    fp = fingerprint_dataset(train_cases, task.intensity.samples_per_case, seed, progress=_progress_bars(ov))
+    fp = fingerprint_dataset(train_cases, task.intensity.samples_per_case, seed, progress=_progress_bars(ov),
+                             percentiles=task.intensity.percentiles)
     write_json_atomic(run_dir / "fingerprint.json", fp)
     mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else None
     plan_ov = {k: ov.get(k) for k in ("patch_size", "batch_size", "filters", "spacing", "res_block")}
