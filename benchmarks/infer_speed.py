@@ -121,7 +121,7 @@ def install_runner(seg: Any, runtime: str, precision: str, calibration: str, n_c
 # ------------------------------------------------------------------------------------- whole scan
 def medseg_job(ct_path: str, model: str, out_dir: str, work: str, overlap: float | None, threads: int,
                runtime: str = "torch", precision: str = "fp32", calibration: str | None = None,
-               n_calib: int = 16) -> dict:
+               n_calib: int = 16, window: tuple[int, int, int] | None = None) -> dict:
     import torch
 
     from medseg.inference.pipeline import InferenceSettings, Segmenter
@@ -129,7 +129,7 @@ def medseg_job(ct_path: str, model: str, out_dir: str, work: str, overlap: float
     torch.set_num_threads(threads)
     base = _peak_mb()
     t = time.perf_counter()
-    seg = Segmenter(InferenceSettings(model=model, device="cpu", quiet=True, runtime=runtime,
+    seg = Segmenter(InferenceSettings(model=model, device="cpu", quiet=True, runtime=runtime, window=window,
                                       precision="fp32" if precision == "int8" else precision))
     setup = install_runner(seg, runtime, precision, calibration or ct_path, n_calib)
     setup["setup_s"] = time.perf_counter() - t - setup["calib_s"]
@@ -229,7 +229,7 @@ def whole_scan(args: argparse.Namespace, ct_path: str, model: str, work: str,
         if not args.json:
             print(f"running {runtime} {precision} ...", file=sys.stderr, flush=True)
         runs.append(run_forked(medseg_job, ct_path, model, out, work, args.overlap, args.threads, runtime,
-                               precision, args.calibration, args.calib_windows))
+                               precision, args.calibration, args.calib_windows, args.window))
     shape = tuple(runs[0]["shape"])
     n = int(np.prod(shape))
 
@@ -360,6 +360,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="no trained model: seeded random weights with the default plan (masks then "
                          "only show that the paths agree, not that they are good)")
     ap.add_argument("--overlap", type=float, default=None, help="medseg overlap (default: the plan's)")
+    ap.add_argument("--window", type=lambda t: tuple(int(v) for v in t.split(",")), default=None,
+                    help="medseg sliding-window size X,Y,Z in plan voxels (default: the plan's)")
     ap.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--medseg-only", action="store_true",

@@ -258,8 +258,8 @@ def cache_key(args: argparse.Namespace) -> str:
 
     h = hashlib.sha256(Path(args.model or BUNDLED_MODEL).read_bytes())
     settings = [args.precision, args.no_crf, args.no_masses, args.overlap]
-    if args.window or args.tta:  # only when set: the keys of earlier runs stay valid
-        settings += [args.window, args.tta]
+    if args.window or args.tta or args.runtime != "torch":  # only when set: earlier runs' keys stay valid
+        settings += [args.window, args.tta, args.runtime]
     h.update(json.dumps(settings).encode())
     return h.hexdigest()[:16]
 
@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=lambda t: tuple(int(v) for v in t.split(",")), default=None,
                     help="sliding-window size X,Y,Z in plan voxels (default: the plan's)")
     ap.add_argument("--tta", action="store_true", help="average the 8 axis flips")
+    ap.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"])
     ap.add_argument("--no-crf", action="store_true")
     ap.add_argument("--no-masses", action="store_true")
     ap.add_argument("--work-dir", default=None, help="keep hybrids and candidates here (re-runs re-score)")
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="real_detection_"))
     segmenter = Segmenter(InferenceSettings(model=args.model, device="cpu", quiet=True, preview=False,
-                                            min_confidence=0.0, precision=args.precision, overlap=args.overlap, window=args.window, tta=args.tta,
+                                            min_confidence=0.0, precision=args.precision, overlap=args.overlap, window=args.window, tta=args.tta, runtime=args.runtime,
                                             crf=False if args.no_crf else None, masses=not args.no_masses))
     cut = float(segmenter.plan.inference.min_confidence if args.min_confidence is None else args.min_confidence)
     cache = work / "candidates" / cache_key(args)
@@ -409,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
              for p in args.no_nodule]
     result = {
         "benchmark": "real_detection", "model": args.model or "bundled", "work_dir": str(work),
+        "settings": {"precision": args.precision or "plan", "runtime": args.runtime, "overlap": args.overlap,
+                     "window": args.window, "tta": args.tta, "crf": not args.no_crf, "masses": not args.no_masses},
         "background": Path(args.background).name, "hybrids": len(scans), "per_scan": args.per_scan,
         "min_mm": args.min_mm, "hybrid_candidates_on_the_real_mass_dropped": on_mass,
         "hybrid_scans": score(scans, args.min_mm, cut),

@@ -9,23 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from model_factory import tiny_plan
 
 from medseg.cli import main
 from medseg.errors import InputError, MissingExtraError
 from medseg.models import build_network, save_checkpoint
 from medseg.models.export import PLAN_KEY, export_model
-from medseg.plan import NetworkPlan, Plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WINDOW = (16, 16, 16)
-
-
-def tiny_plan() -> Plan:
-    return Plan(spacing=(2.0, 2.0, 2.0), patch_size=WINDOW,
-                network=NetworkPlan(filters=[8, 16, 32], kernel_size=[[3, 3, 3]] * 3,
-                                    strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], deep_supervision=True,
-                                    deep_supr_num=1))
 
 
 @pytest.fixture(scope="module")

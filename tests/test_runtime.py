@@ -8,26 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_factory import tiny_plan
 
 import medseg.models.runtime as runtime
 from medseg.errors import InputError, MissingExtraError
 from medseg.io import Volume
 from medseg.models import build_network, save_checkpoint
 from medseg.models.runtime import make_runner, missing_reason, runtime_precision
-from medseg.plan import NetworkPlan, Plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WINDOW = (16, 16, 16)
 NEEDS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 WHY = "optional runtime not installed (pip install 'medseg[onnx]' / 'medseg[openvino]')"
-
-
-def tiny_plan() -> Plan:
-    return Plan(spacing=(2.0, 2.0, 2.0), patch_size=WINDOW,
-                network=NetworkPlan(filters=[8, 16, 32], kernel_size=[[3, 3, 3]] * 3,
-                                    strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], deep_supervision=True,
-                                    deep_supr_num=1))
 
 
 @pytest.fixture(scope="module")

@@ -76,13 +76,14 @@ def _overlap(text: str) -> float:
     return value
 
 
-def _window(text: str) -> tuple[int, int, int]:
+def window_size(text: str) -> tuple[int, int, int]:
+    """argparse type: ``X,Y,Z`` (or ``XxYxZ``) positive voxel counts."""
     try:
-        size = tuple(int(v) for v in text.split(","))
+        size = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
         size = ()
     if len(size) != 3 or min(size) <= 0:
-        raise argparse.ArgumentTypeError(f"window must be three positive integers X,Y,Z, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z (three positive integers), got {text!r}")
     return size  # type: ignore[return-value]
 
 
@@ -110,7 +111,7 @@ def add_inference_options(p: argparse.ArgumentParser, exit_no_lung: int) -> None
     p.add_argument("--overlap", type=_overlap, default=None,
                    help="sliding-window overlap in [0, 1) (default: the model's, 0.5); lower is faster but "
                         "changes the masks")
-    p.add_argument("--window", type=_window, default=None, metavar="X,Y,Z",
+    p.add_argument("--window", type=window_size, default=None, metavar="X,Y,Z",
                    help="sliding-window size in plan voxels (default: the model's training patch); must be "
                         "divisible by the network's strides")
     p.add_argument("--min-confidence", type=_unit, default=None,

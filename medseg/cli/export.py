@@ -5,19 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from medseg.cli._common import InOrder, add_input_option, add_output_option, require_output
+from medseg.cli._common import InOrder, add_input_option, add_output_option, require_output, window_size
 from medseg.errors import InputError
-
-
-def window_size(text: str) -> tuple[int, int, int]:
-    """argparse type: ``X,Y,Z`` positive voxel counts."""
-    try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected X,Y,Z (three positive integers), got {text!r}")
-    return values  # type: ignore[return-value]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

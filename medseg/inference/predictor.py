@@ -72,6 +72,15 @@ class RoiPrediction:
         return out
 
 
+@dataclass
+class GridPrediction:
+    """Probability on the plan grid over ``geo`` (what :meth:`Predictor.predict_roi` resamples back)."""
+
+    probability: np.ndarray  # float32, shape ``geo.shape``
+    geo: GridBox
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
 class Predictor:
     """A loaded network and its plan; turns volumes into nodule probabilities."""
 
@@ -170,23 +179,21 @@ class Predictor:
         return ndimage.maximum_filter(mask, size=grow) if mask.any() else mask
 
     # ----------------------------------------------------------------- prediction
-    def predict_roi(
+    def predict_grid(
         self,
         volume: Volume,
         lung_mask: np.ndarray | None = None,
         progress: Any = None,
-    ) -> RoiPrediction:
-        """Probability in the lung bounding box (or the whole volume when ``lung_mask`` is None).
-
-        Inside the lung the values equal a whole-volume MONAI sliding window on the same
-        plan-spacing grid (same windows, same blending); see :func:`snap_roi`.
-        """
+    ) -> GridPrediction | None:
+        """Probability on the plan grid over the lung box (the whole volume when ``lung_mask`` is
+        None); ``None`` when the mask is empty. Work at this grid's resolution (the mass pass) needs
+        no input-grid array."""
         from medseg.inference.sliding_window import sliding_window_probability
 
         t0 = time.perf_counter()
         geo = self.model_geometry(volume, lung_mask)
         if geo is None:
-            return RoiPrediction(np.zeros((0, 0, 0), np.float32), (slice(0, 0),) * 3, {"windows_run": 0})
+            return None
         img = geo.image(volume.array, self.plan.intensity)
         mask = None if lung_mask is None else self.window_mask(geo, lung_mask)
         cval = pad_value(self.plan.intensity)  # what training pads small cases with
@@ -204,21 +211,28 @@ class Predictor:
             tta=self.tta,
             progress=progress,
         )
-        del img, mask
-        t2 = time.perf_counter()
-        # a flipped view, not a copy: one ROI-sized float32 array less at the peak
-        out = geo.to_input(prob)
-        del prob
-        t3 = time.perf_counter()
-        stats = {
-            **counts,
-            "roi_shape_input": list(out.shape),
-            "roi_shape_model": list(geo.shape),
-            "preprocess_s": t1 - t0,
-            "network_s": t2 - t1,
-            "resample_back_s": t3 - t2,
-        }
-        return RoiPrediction(out, geo.dst_box, stats)
+        stats = {**counts, "roi_shape_model": list(geo.shape), "preprocess_s": t1 - t0,
+                 "network_s": time.perf_counter() - t1}
+        return GridPrediction(prob, geo, stats)
+
+    def predict_roi(
+        self,
+        volume: Volume,
+        lung_mask: np.ndarray | None = None,
+        progress: Any = None,
+    ) -> RoiPrediction:
+        """Probability in the lung bounding box (or the whole volume when ``lung_mask`` is None).
+
+        Inside the lung the values equal a whole-volume MONAI sliding window on the same
+        plan-spacing grid (same windows, same blending); see :func:`snap_roi`.
+        """
+        grid = self.predict_grid(volume, lung_mask, progress)
+        if grid is None:
+            return RoiPrediction(np.zeros((0, 0, 0), np.float32), (slice(0, 0),) * 3, {"windows_run": 0})
+        t = time.perf_counter()
+        out = grid.geo.to_input(grid.probability)  # a flipped view, not a copy: one box-sized array less
+        stats = {**grid.stats, "roi_shape_input": list(out.shape), "resample_back_s": time.perf_counter() - t}
+        return RoiPrediction(out, grid.geo.dst_box, stats)
 
     def count_windows(self, volume: Volume, lung_mask: np.ndarray | None) -> int:
         """Windows of the ROI box (an upper bound of those run; for progress bars)."""
