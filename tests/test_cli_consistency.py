@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from model_factory import chest_hu
 
 from medseg.cli import build_parser, main
 from medseg.errors import InputError
@@ -42,15 +43,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def chest(seed: int = 0, shape=(32, 32, 16)) -> np.ndarray:
-    """Chest-like HU at 4 mm voxels: body, two lungs (~200 mL), a small solid nodule."""
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    hu = np.full(shape, -1000.0)
-    hu[x**2 + (y / 0.8) ** 2 < 0.9] = 40
-    for cx in (-0.45, 0.45):
-        hu[((x - cx) / 0.35) ** 2 + (y / 0.55) ** 2 + (z / 0.9) ** 2 < 1] = -850
-    hu[((x + 0.45) * shape[0]) ** 2 + (y * shape[1]) ** 2 + (z * shape[2]) ** 2 < 16] = 30
-    return (hu + rng.normal(0, 15, shape)).astype(np.int16)
+    return chest_hu(seed, shape)
 
 
 def crop(path: Path, seed: int = 0) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_factory import tiny_plan
+from model_factory import chest_hu, tiny_plan
 
 import medseg.models.runtime as runtime
 from medseg.errors import InputError, MissingExtraError
@@ -108,15 +108,7 @@ def test_reduced_precision_stays_close(net, name, precision, module) -> None:
 
 
 def chest(shape=(32, 32, 16)) -> Volume:
-    """Chest-like HU at 4 mm voxels: body, two lungs, a small solid nodule."""
-    rng = np.random.default_rng(0)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    hu = np.full(shape, -1000.0)
-    hu[x**2 + (y / 0.8) ** 2 < 0.9] = 40
-    for cx in (-0.45, 0.45):
-        hu[((x - cx) / 0.35) ** 2 + (y / 0.55) ** 2 + (z / 0.9) ** 2 < 1] = -850
-    hu[((x + 0.45) * shape[0]) ** 2 + (y * shape[1]) ** 2 + (z * shape[2]) ** 2 < 16] = 30
-    return Volume((hu + rng.normal(0, 15, shape)).astype(np.int16), (4.0, 4.0, 4.0), modality="CT")
+    return Volume(chest_hu(0, shape), (4.0, 4.0, 4.0), modality="CT")
 
 
 def test_predictor_with_onnxruntime_gives_torch_probabilities(net) -> None:
