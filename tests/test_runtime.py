@@ -103,6 +103,12 @@ def test_reduced_precision_stays_close(net, name, precision, module) -> None:
     d_ref, d_out = (ref[:, 1] - ref[:, 0]).flatten(), (out[:, 1] - out[:, 0]).flatten()
     assert float(torch.corrcoef(torch.stack([d_ref, d_out]))[0, 1]) > 0.95
     assert agreement(out, ref) > 0.95
+
+
+@pytest.mark.parametrize(("name", "module"), [("onnxruntime", "onnxruntime"), ("openvino", "nncf")])
+def test_int8_needs_calibration_windows(net, name, module) -> None:
+    pytest.importorskip(NEEDS[name], reason=WHY)
+    pytest.importorskip(module, reason=f"{module} not installed (INT8 of {name})")
     with pytest.raises(ValueError, match="calibration"):
         make_runner(net, name, "int8", WINDOW)
 
