@@ -94,7 +94,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (lists, no tuples)."""
-        return _listify(asdict(self))
+        return plain_data(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
@@ -120,9 +120,10 @@ def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _listify(obj: Any) -> Any:
+def plain_data(obj: Any) -> Any:
+    """Nested dicts/lists/tuples as JSON-ready dicts and lists (tuples become lists)."""
     if isinstance(obj, dict):
-        return {k: _listify(v) for k, v in obj.items()}
+        return {k: plain_data(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_listify(v) for v in obj]
+        return [plain_data(v) for v in obj]
     return obj

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from medseg.errors import InputError
-from medseg.plan import InferencePlan, NetworkPlan
+from medseg.plan import InferencePlan, NetworkPlan, plain_data
 
 DEFAULT_TASK = "lung_nodule"
 
@@ -220,7 +220,7 @@ class TaskConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (lists, no tuples); :meth:`from_dict` reads it back."""
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Source = None) -> TaskConfig:
@@ -353,9 +353,4 @@ def _per_device(value: Any, where: str, source: Source) -> PerDevice:
     return PerDevice(number, number)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+
