@@ -12,8 +12,9 @@ one) or a real CT (``--scan FILE``, e.g. ``../shared/data/real_chest/chest_ct_5m
   (and of the final nodule mask) against torch fp32 inside the lung. torch fp32 always runs: it is
   the reference. Plain MONAI (``--medseg-only`` skips it: most of an hour at full size on 2 cores)
   reorients and resamples the *whole* volume to the plan spacing with the same resampler, runs
-  ``sliding_window_inference`` (overlap 0.5, Gaussian) over all of it, softmax, resample back,
-  threshold.
+  ``sliding_window_inference`` (the training patch, overlap 0.5, Gaussian: how a MONAI user runs
+  the checkpoint, whatever window and overlap medseg's plan chooses) over all of it, softmax,
+  resample back, threshold.
 * windows (``--windows N``): N real normalised windows of the scan (the predictor's network input,
   drawn from the lung) through each runtime in one process: conversion seconds, milliseconds per
   window, largest logit difference and foreground Dice against torch fp32. Fast; good for choosing.
@@ -195,9 +196,10 @@ def monai_job(ct_path: str, model: str, work: str, threads: int) -> dict:
     sizes = [model_grid_size(n, s, t_) for n, s, t_ in zip(arr.shape, spacing, pred.plan.spacing)]
     img = interp3(normalise_ct(arr, pred.plan.intensity), [np.arange(m) * sc for m, sc in zip(sizes, geo["scale"])])
     del arr
+    roi = tuple(int(v) for v in pred.plan.patch_size)  # the training patch, whatever window medseg runs
     with torch.inference_mode():
         logits = sliding_window_inference(
-            torch.from_numpy(img)[None, None], pred.window, pred.sw_batch_size, pred.model,
+            torch.from_numpy(img)[None, None], roi, pred.sw_batch_size, pred.model,
             overlap=0.5, mode="gaussian",
         )
         prob = torch.softmax(logits, 1)[0, 1].numpy()
@@ -208,7 +210,7 @@ def monai_job(ct_path: str, model: str, work: str, threads: int) -> dict:
     elapsed = time.perf_counter() - t
     peak = _peak_mb()
     np.save(Path(work) / "monai_mask.npy", np.packbits(mask))
-    return {"seconds": elapsed, "peak_mb": peak, "baseline_mb": base, "window": list(pred.window)}
+    return {"seconds": elapsed, "peak_mb": peak, "baseline_mb": base, "window": list(roi)}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -20,6 +20,12 @@ class IntensityPlan:
     std: float = 400.0
 
 
+#: normalisations a plan may name. ``instance`` normalises each window by its own statistics, so
+#: a window's output depends on where it falls; ``batch`` is a fixed affine map at inference
+#: (running statistics), so overlapping windows agree and overlap or window size can be cut.
+NORMS = ("instance", "batch")
+
+
 @dataclass
 class NetworkPlan:
     """Arguments for MONAI ``DynUNet`` (see :func:`medseg.models.network.build_network`)."""

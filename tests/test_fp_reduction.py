@@ -131,10 +131,11 @@ def test_cli_train_fp_writes_a_checkpoint_that_infer_applies(tmp_path, monkeypat
     out = tmp_path / "fp.pt"
     args = ["train-fp", "--model", str(ckpt), "-o", str(out), "--phantoms", "3", "--seed", "50",
             "--shape", "96", "96", "40", "--spacing", "2.0", "2.0", "2.5", "--min-mm", "4", "--device", "cpu",
-            "--work-dir", str(tmp_path / "work"), "--quiet"]
+            "--work-dir", str(tmp_path / "work"), "--overlap", "0.25", "--quiet"]
     assert cli_main(args) == 0
     payload = load_checkpoint_dict(out)
     inf = payload["plan"]["inference"]
+    assert inf["overlap"] == 0.25 and inf["window"] is None  # fitted at 0.25: the model now runs so
     assert inf["candidate_classifier"]["features"] == list(DEFAULT_FEATURES) and 0 < inf["min_confidence"] < 1
     assert payload["fp_reduction"]["candidates"] > payload["fp_reduction"]["true_candidates"] > 0
     assert torch.equal(payload["state_dict"][next(iter(payload["state_dict"]))],
@@ -150,3 +151,41 @@ def test_cli_train_fp_writes_a_checkpoint_that_infer_applies(tmp_path, monkeypat
     assert cut.n_nodules < off.n_nodules
     assert all(n["confidence"] >= inf["min_confidence"] for n in cut.nodules)
     assert cli_main(["train-fp", "-o", str(tmp_path / "x.pt")]) == 2  # no scans given
+
+
+class _CountingSegmenter:
+    """Stands in for ``Segmenter``: one fixed component on the truth, and a count of the runs."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def segment(self, image, keep_probabilities=False):
+        from types import SimpleNamespace
+
+        self.runs += 1
+        labels = np.zeros(image.shape, np.int32)
+        labels[4:9, 4:9, 4:9] = 1
+        prob = labels.astype(np.float32) * 0.9
+        return SimpleNamespace(searched=True, labels=labels, lungs=None, probability_full=lambda: prob)
+
+
+def test_cached_candidates_are_reused_only_for_the_same_weights_and_settings(tmp_path):
+    import nibabel as nib
+
+    from medseg.training.fp_reduction import collect_candidates
+
+    truth = np.zeros((16, 16, 16), np.uint8)
+    truth[5:9, 5:9, 5:9] = 1
+    nib.save(nib.Nifti1Image(np.full(truth.shape, -800, np.int16), np.eye(4)), str(tmp_path / "s.nii.gz"))
+    nib.save(nib.Nifti1Image(truth, np.eye(4)), str(tmp_path / "s_nodules.nii.gz"))
+    scans = [("s", tmp_path / "s.nii.gz", tmp_path / "s_nodules.nii.gz")]
+    seg = _CountingSegmenter()
+    key = {"weights": "abc", "window": [48, 48, 16], "overlap": 0.5}
+    first = collect_candidates(seg, scans, tmp_path / "work", min_mm=1.0, key=key)
+    assert seg.runs == 1 and first[0].candidates[0]["hits"] == [1]
+    collect_candidates(seg, scans, tmp_path / "work", min_mm=1.0, key=dict(key))
+    assert seg.runs == 1  # resumed from the cache
+    collect_candidates(seg, scans, tmp_path / "work", min_mm=1.0, key={**key, "overlap": 0.25})
+    assert seg.runs == 2  # other settings: computed again, not fitted to stale candidates
+    collect_candidates(seg, scans, tmp_path / "work", min_mm=1.0, key={**key, "weights": "def"})
+    assert seg.runs == 3

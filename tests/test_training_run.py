@@ -197,3 +197,28 @@ def test_validation_dice_is_the_dice_of_the_shipped_path(data, tmp_path, capsys)
     result = json.loads(capsys.readouterr().out)
     assert result["held_out"]["cases"] >= 1
     assert abs(result["held_out"]["dice_mean"] - float(best["val_dice"])) < 0.005
+
+
+def test_fine_tune_can_switch_a_model_to_batch_norm(data, tmp_path):
+    """``--norm batch`` with ``--init-weights``: the convolutions are the source's, the plan says
+    batch, and the saved model holds the learnt running statistics."""
+    import shutil
+
+    from medseg.models import load_checkpoint_dict, load_model
+    from medseg.training.run import train
+
+    src, ft = tmp_path / "src", tmp_path / "ft"
+    train("lung_nodule", [data], src, max_epochs=1, device="cpu", steps_per_epoch=2, **TINY)
+    ft.mkdir()
+    shutil.copy(src / "splits.json", ft / "splits.json")
+    train("lung_nodule", [data], ft, max_epochs=1, device="cpu", steps_per_epoch=2, lr=1e-9,
+          init_weights=str(src / "best.pt"), norm_name="batch", **TINY)
+    assert json.loads((ft / "plan.json").read_text())["network"]["norm_name"] == "batch"
+    before, after = load_checkpoint_dict(src / "last.pt")["state_dict"], load_checkpoint_dict(ft / "last.pt")["state_dict"]
+    conv = "input_block.conv1.conv.weight"
+    assert torch.allclose(before[conv], after[conv], atol=1e-6)  # lr ~0: the source's convolutions
+    stats = [v for k, v in after.items() if k.endswith("running_var")]
+    assert stats and not all(torch.all(v == 1) for v in stats)  # running statistics were learnt
+    model, plan, _ = load_model(ft / "last.pt", device="cpu")
+    assert plan.network.norm_name == "batch"
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medseg.cli._common import add_output_option, device_name
+from medseg.plan import NORMS
 from medseg.tasks import DEFAULT_TASK, OptimizerTask, TrainingTask, setting_choices
 
 
@@ -52,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mixed precision (default: the task's training.amp): auto = bf16 on GPUs and on CPUs with native "
                         "bf16 (AVX512_BF16/AMX), else fp32; fp16 is for CUDA")
     p.add_argument("--res-block", action="store_true", default=None, help="residual blocks in the U-Net")
+    p.add_argument("--norm", dest="norm_name", choices=NORMS, default=None,
+                   help="network normalisation (default: the task's network.norm_name; with --init-weights the "
+                        "model's): batch makes window outputs independent of where windows fall")
     p.add_argument("--dataset-weights", type=_floats, default=None, metavar="W1,W2,...",
                    help="share of sampled patches per --data folder, in order (default: uniform over cases)")
     p.add_argument("--init-weights", default=None, metavar="CKPT",
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         filters=filters, spacing=args.spacing, lr=args.lr, optimizer=args.optimizer,
         steps_per_epoch=args.steps_per_epoch, num_workers=args.num_workers, val_cases=args.val_cases,
         amp=args.amp, res_block=args.res_block, quiet=args.quiet, dataset_weights=args.dataset_weights,
-        init_weights=args.init_weights,
+        init_weights=args.init_weights, norm_name=args.norm_name,
     )
     print(f"best checkpoint: {best}")
     return 0

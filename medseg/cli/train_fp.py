@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from medseg.cli._common import add_output_option, device_name, require_output
+from medseg.cli._common import add_output_option, device_name, require_output, window_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=float, nargs=3, default=(1.4, 1.4, 2.5), metavar=("SI", "SJ", "SK"))
     p.add_argument("--target-fp", type=float, default=1.0, help="false positives per scan the cut aims at (default 1)")
     p.add_argument("--min-mm", type=float, default=5.0, help="smallest nodule that counts for sensitivity (default 5)")
+    p.add_argument("--window", type=window_size, default=None, metavar="X,Y,Z",
+                   help="sliding-window size in plan voxels to fit for (default: the model plan's); kept in the output's plan")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="sliding-window overlap to fit for (default: the model plan's); kept in the output's plan")
     p.add_argument("--work-dir", default=None, help="keep per-scan outputs here (resumable); default: a temp folder")
     p.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|cuda:N")
     p.add_argument("--quiet", action="store_true", help="only the result line")
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     res = train_fp_reduction(
         args.model, out, data=args.data, phantoms=args.phantoms, seed=args.seed, shape=tuple(args.shape),
         spacing=tuple(args.spacing), target_fp_per_scan=args.target_fp, min_mm=args.min_mm,
-        work_dir=args.work_dir, device=args.device,
+        work_dir=args.work_dir, device=args.device, window=args.window, overlap=args.overlap,
     )
     print(json.dumps({"out": out, **res.report}))
     return 0

@@ -185,7 +185,7 @@ def make_plan(
 ) -> Plan:
     """The plan for ``task`` on data with ``fingerprint`` for a device type ("cpu"/"cuda").
 
-    ``overrides`` may set ``spacing``, ``patch_size``, ``batch_size``, ``res_block`` and
+    ``overrides`` may set ``spacing``, ``patch_size``, ``batch_size``, ``res_block``, ``norm_name`` and
     ``filters`` (a list, or an int as the first level's count) explicitly; the rest still follows
     the rules.
     """
@@ -277,7 +277,7 @@ def _network_plan(layout: _Layout, net: NetworkTask, out_channels: int, ov: dict
         deep_supervision=deep_supr > 0,
         deep_supr_num=max(deep_supr, 1),
         res_block=bool(ov.get("res_block", net.res_block)),
-        norm_name=net.norm_name,
+        norm_name=str(ov.get("norm_name", net.norm_name)),
         in_channels=1,
         out_channels=out_channels,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from medseg.plan import NetworkPlan
+from medseg.plan import NORMS, NetworkPlan
+
+_NORM_STATE = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def build_network(net: NetworkPlan) -> torch.nn.Module:
@@ -15,6 +17,8 @@ def build_network(net: NetworkPlan) -> torch.nn.Module:
     """
     from monai.networks.nets import DynUNet
 
+    if net.norm_name.lower() not in NORMS:
+        raise ValueError(f"unknown normalisation {net.norm_name!r} (known: {', '.join(NORMS)})")
     return DynUNet(
         spatial_dims=3,
         in_channels=net.in_channels,
@@ -28,3 +32,29 @@ def build_network(net: NetworkPlan) -> torch.nn.Module:
         deep_supr_num=net.deep_supr_num,
         res_block=net.res_block,
     )
+
+
+def load_weights_across_norms(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load ``state_dict`` into ``model``, which may use another normalisation than its source.
+
+    Convolutions must all match. Normalisation parameters the source lacks keep their identity
+    initialisation (an instance norm without affine loaded into batch norm starts as scale 1,
+    shift 0, and its running statistics are learnt by the fine-tune); anything else missing or
+    left over is an error, so a wrong checkpoint is not half-loaded silently.
+    """
+    result = model.load_state_dict(state_dict, strict=False)
+    norm_only = all(_is_norm_key(model, k) for k in [*result.missing_keys, *result.unexpected_keys])
+    if not norm_only:
+        raise ValueError(f"weights do not fit this network: missing {result.missing_keys[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+
+
+def _is_norm_key(model: torch.nn.Module, key: str) -> bool:
+    """Whether ``key`` names a normalisation layer's parameter or running statistic."""
+    module_name, _, leaf = key.rpartition(".")
+    if leaf in _NORM_STATE:
+        return True
+    module = dict(model.named_modules()).get(module_name)
+    if module is None:  # a key of the source model's norm layer that this model lacks
+        return "norm" in module_name.split(".")[-1]
+    return isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))

@@ -169,11 +169,13 @@ def collect_candidates(
     work_dir: Path,
     min_mm: float = 5.0,
     sizes: dict[str, dict[int, float]] | None = None,
+    key: dict[str, Any] | None = None,
 ) -> list[ScanCandidates]:
     """Run ``segmenter.segment`` (confidence cut off) on each (name, image, truth) and gather candidates.
 
-    Each scan's candidates are kept in ``work_dir/<name>/candidates.json``, so an interrupted run
-    resumes. ``sizes`` gives true nodule diameters per scan (phantoms); otherwise a nodule's
+    Each scan's candidates are kept in ``work_dir/<name>/candidates.json`` with ``key`` (what made
+    them: weights, window, overlap), so an interrupted run resumes, and a run with other weights or
+    settings in the same folder computes them again instead of fitting to stale ones. ``sizes`` gives true nodule diameters per scan (phantoms); otherwise a nodule's
     equivalent diameter from its mask decides whether it counts (>= ``min_mm``).
     """
     from medseg.io import read_volume
@@ -185,8 +187,10 @@ def collect_candidates(
         done = d / "candidates.json"
         if done.is_file():
             data = json.loads(done.read_text())
-            out.append(ScanCandidates(name, data["candidates"], data["nodules"]))
-            continue
+            if data.get("key") == key:
+                out.append(ScanCandidates(name, data["candidates"], data["nodules"]))
+                continue
+            log.info("%s: cached candidates were made by other weights or settings; recomputing", name)
         d.mkdir(parents=True, exist_ok=True)
         image, truth = read_volume(image_path), read_volume(truth_path)
         seg = segmenter.segment(image, keep_probabilities=True)
@@ -212,7 +216,7 @@ def collect_candidates(
             nodules = [int(i) for i, c in zip(ids, counts) if equivalent_diameter_mm(c * vox) >= min_mm]
         for c in cands:  # JSON-able
             c.pop("bbox", None)
-        write_json_atomic(done, {"candidates": cands, "nodules": nodules})
+        write_json_atomic(done, {"candidates": cands, "nodules": nodules, "key": key})
         out.append(ScanCandidates(name, cands, nodules))
         log.info("%s: %d candidates, %d on true nodules", name, len(cands), sum(bool(c["hits"]) for c in cands))
     return out
@@ -240,6 +244,17 @@ def phantom_scans(count: int, seed: int, shape: tuple[int, int, int], spacing: t
     return scans, sizes
 
 
+def _weights_digest(state_dict: dict[str, Any]) -> str:
+    """A short SHA-256 of the network weights: which model made a cached candidate list."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def train_fp_reduction(
     model: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
@@ -254,9 +269,14 @@ def train_fp_reduction(
     device: str = "auto",
     folds: int = 5,
     l2: float = 10.0,
+    window: tuple[int, int, int] | None = None,
+    overlap: float | None = None,
 ) -> FPReductionResult:
     """Collect candidates of ``model`` on scans, fit the classifier, write ``out`` (a checkpoint
-    whose plan carries ``candidate_classifier`` and ``min_confidence``). Returns the fit."""
+    whose plan carries ``candidate_classifier`` and ``min_confidence``). Returns the fit.
+
+    ``window`` and ``overlap`` (None: the model plan's) set how the network is run; they go into
+    ``out``'s plan with the classifier, which is fitted to the probabilities of that setting."""
     import torch
 
     from medseg.inference.pipeline import InferenceSettings, Segmenter
@@ -277,13 +297,19 @@ def train_fp_reduction(
         # the fine pass's candidates only: masses come from the coarse pass, which no classifier scores
         seg = Segmenter(InferenceSettings(model=None if model is None else str(model), device=device, quiet=True,
                                           preview=False, dicom_seg=False, min_confidence=0.0, crf=None,
-                                          masses=False))
+                                          masses=False, window=window, overlap=overlap))
         seg.plan.inference.candidate_classifier = None  # candidates of the network, not of an older fit
-        cands = collect_candidates(seg, scans, work / "candidates", min_mm=min_mm, sizes=sizes)
+        key = {"weights": _weights_digest(payload["state_dict"]), "window": list(seg.predictor.window),
+               "overlap": float(seg.predictor.overlap), "precision": str(seg.predictor.precision)}
+        cands = collect_candidates(seg, scans, work / "candidates", min_mm=min_mm, sizes=sizes, key=key)
     result = fit_fp_reduction(cands, target_fp_per_scan, folds=folds, l2=l2)
     payload["plan"].setdefault("inference", {})
     payload["plan"]["inference"]["candidate_classifier"] = result.classifier.to_dict()
     payload["plan"]["inference"]["min_confidence"] = result.min_confidence
+    if overlap is not None:
+        payload["plan"]["inference"]["overlap"] = float(overlap)
+    if window is not None:
+        payload["plan"]["inference"]["window"] = [int(v) for v in window]
     payload["fp_reduction"] = {**result.report, "phantoms": {"count": phantoms, "seed": seed, "shape": list(shape),
                                                              "spacing": list(spacing)} if phantoms else None,
                                "data": [str(p) for p in data or []]}

@@ -34,7 +34,7 @@ log = logging.getLogger("medseg.training")
 OVERRIDES = (
     "patch_size", "batch_size", "filters", "spacing", "lr", "steps_per_epoch", "num_workers", "folds", "seed",
     "res_block", "optimizer", "amp", "val_cases", "cache_rate", "quiet", "tensorboard", "epoch_callback",
-    "log_every", "dataset_weights", "init_weights",
+    "log_every", "dataset_weights", "init_weights", "norm_name",
 )
 
 
@@ -219,6 +219,8 @@ def _fine_tune_plan(init: dict[str, Any], task: TaskConfig, ov: dict[str, Any]) 
                            "candidate_classifier": None}
     if ov.get("batch_size"):
         plan_d["batch_size"] = int(ov["batch_size"])
+    if ov.get("norm_name"):
+        plan_d["network"] = {**plan_d["network"], "norm_name": str(ov["norm_name"])}
     return plan_d
 
 
@@ -232,24 +234,25 @@ def _fingerprint_plan(run_dir: Path, train_cases: list, task: TaskConfig, dev: t
                              percentiles=task.intensity.percentiles)
     write_json_atomic(run_dir / "fingerprint.json", fp)
     mem = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else None
-    plan_ov = {k: ov.get(k) for k in ("patch_size", "batch_size", "filters", "spacing", "res_block")}
+    plan_ov = {k: ov.get(k) for k in ("patch_size", "batch_size", "filters", "spacing", "res_block", "norm_name")}
     return make_plan(fp, task, dev.type, mem, plan_ov).to_dict()
 
 
 def _model(setup: _Setup, train_cases: list, ov: dict[str, Any], main: bool) -> torch.nn.Module:
     """The network of the plan, seeded; a fine-tuning run loads the initial model's weights."""
     from medseg.models import build_network
+    from medseg.models.network import load_weights_across_norms
 
     torch.manual_seed(setup.seed)
     model = build_network(setup.plan.network)
     init = setup.init
     if init is None:
         return model
-    model.load_state_dict(init["state_dict"])
+    load_weights_across_norms(model, init["state_dict"])
     held_out = set((init.get("split") or {}).get("val_patients") or [])
     leaked = held_out & {c.group for c in train_cases}
     if main:
-        log.info("initialised from %s", ov["init_weights"])
+        log.info("initialised from %s (normalisation: %s)", ov["init_weights"], setup.plan.network.norm_name)
         if leaked:
             log.warning("%d of the initial model's validation patients are training cases here: "
                         "its held-out figures no longer hold (reuse its splits.json)", len(leaked))

@@ -331,6 +331,18 @@ class Trainer:
             logger.close()
         return self.run_dir / "best.pt"
 
+    def _recalibrate_batch_norm(self, epoch: int, batches: int = 50) -> None:
+        """Batch-norm networks: running statistics from ``batches`` fresh training batches, so the
+        validated and saved model infers with its average input's statistics (see
+        :mod:`medseg.training.norm_stats`). Each rank averages its own batches."""
+        from medseg.training.norm_stats import batch_norms, recalibrate_batch_norm
+
+        if not batch_norms(self.module):
+            return
+        self._seed_epoch(10_000 + epoch)  # a draw of its own: the next epoch's batches are unchanged
+        images = (_plain(b["image"]).to(self.device) for _, b in zip(range(batches), self._loader(10_000 + epoch)))
+        recalibrate_batch_norm(self.module, images, self._autocast)
+
     def _train_epoch(self, epoch: int, clock: _Clock) -> tuple[list[float], bool]:
         """One epoch's steps; returns the step losses and whether the time budget ran out."""
         from tqdm.auto import tqdm
@@ -368,6 +380,7 @@ class Trainer:
     def _end_epoch(self, epoch: int, losses: list[float], clock: _Clock,
                    logger: MetricsLogger | None) -> dict[str, Any]:
         """Validate, record the epoch's row and (rank 0) write ``last.pt`` and, if better, ``best.pt``."""
+        self._recalibrate_batch_norm(epoch)
         dice = self.validate()
         self.epoch = epoch + 1
         self.elapsed = time.monotonic() - clock.t0
