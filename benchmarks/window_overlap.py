@@ -10,6 +10,8 @@ overlap 0.5, the reference), and how far its output is from the reference: Dice 
 masks in the lung, components >= 3 mm of the reference that it also marks, and the largest
 probability difference.
 
+It prints the network's receptive field: a window smaller than it puts zero padding into every
+output voxel's context, so outputs depend on where windows fall whatever the normalisation.
 It also measures **placement dependence**, the reason overlap 0.5 is the default: the same
 configuration with every window moved by half its stride along every axis (on the plan grid, so
 nothing is resampled differently); masks are compared on the voxels both cover. A network whose
@@ -129,6 +131,22 @@ def measure(config: Config, reference: tuple[np.ndarray, np.ndarray, float] | No
     return row, prob
 
 
+def network_receptive_field(model: str | None, probe: tuple[int, int, int] = (112, 112, 112)) -> tuple[int, ...]:
+    """The convolutions' receptive field in plan voxels, measured with instance norm swapped for
+    batch norm (instance statistics make every output depend on the whole window)."""
+    from dataclasses import replace
+
+    from medseg.models import build_network, load_checkpoint_dict
+    from medseg.models.checkpoint import BUNDLED_MODEL
+    from medseg.models.network import load_weights_across_norms, receptive_field
+    from medseg.plan import Plan
+
+    payload = load_checkpoint_dict(model or BUNDLED_MODEL)
+    net = build_network(replace(Plan.from_dict(payload["plan"]).network, norm_name="batch"))
+    load_weights_across_norms(net, payload["state_dict"])
+    return receptive_field(net, probe)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scan", default=str(SHARED / "real_chest" / "chest_ct_5mm_mass.nrrd"))
@@ -153,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = None
     case = None
     t0 = time.perf_counter()
+    field = network_receptive_field(args.model)
+    if not args.json:
+        print(f"receptive field {field} plan voxels (instance norm: the whole window)", flush=True)
     for text in args.configs:
         config = Config.parse(text)
         if case is None:
@@ -166,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print("  ".join(f"{k}={v}" for k, v in asdict(row).items()), flush=True)
     result = {"benchmark": "window_overlap", "scan": Path(args.scan).name, "model": args.model or "bundled",
-              "precision": args.precision or "plan", "runtime": args.runtime, "rows": [asdict(r) for r in rows],
+              "precision": args.precision or "plan", "runtime": args.runtime, "receptive_field": list(field),
+              "rows": [asdict(r) for r in rows],
               "elapsed_s": round(time.perf_counter() - t0, 1)}
     if args.json:
         print(json.dumps(result))

@@ -21,8 +21,8 @@ class IntensityPlan:
 
 
 #: normalisations a plan may name. ``instance`` normalises each window by its own statistics, so
-#: a window's output depends on where it falls; ``batch`` is a fixed affine map at inference
-#: (running statistics), so overlapping windows agree and overlap or window size can be cut.
+#: every output voxel depends on the whole window; ``batch`` is a fixed affine map at inference
+#: (running statistics), so an output depends only on the convolutions' receptive field.
 NORMS = ("instance", "batch")
 
 
@@ -48,7 +48,11 @@ class InferencePlan:
     #: 0.5 as in MONAI/nnU-Net: with per-window instance normalisation the blended output depends on
     #: where windows fall. On the real 5 mm chest (benchmarks/window_overlap.py) 0.25 ran 5x fewer
     #: network seconds but its masks had Dice 0.54 against 0.5's, and moving the windows by half a
-    #: stride kept Dice 0.61 at 0.5 against 0.24 at 0.25; larger windows did not settle it.
+    #: stride kept Dice 0.61 at 0.5 against 0.24 at 0.25; larger windows did not settle it. Nor
+    #: did batch norm (0.62 at 0.5): the cause is the training patch (48x48x16) being smaller than
+    #: the network's receptive field (71x71x67), so every output sees window padding. Lower overlap
+    #: needs a model trained on patches at least that large; ``medseg train-fp --window --overlap``
+    #: then records the setting its classifier was fitted with.
     overlap: float = 0.5
     #: sliding-window size (voxels at plan spacing); None = the training patch size. DynUNet is
     #: fully convolutional, but at equal overlap a larger window costs as much per voxel (96x96x32

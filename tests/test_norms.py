@@ -90,3 +90,19 @@ def test_recalibration_sets_running_statistics_to_the_mean_over_batches():
     assert torch.allclose(model[0].running_mean, expected.reshape(1), atol=1e-5)  # not the last batch's 8
     assert not model.training and model[0].momentum == 0.1
     assert recalibrate_batch_norm(build_network(TINY), batches) == 0  # instance norm: nothing to do
+
+
+def test_receptive_field_of_known_networks():
+    from medseg.models.network import receptive_field
+
+    two_convs = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.Conv3d(2, 2, 3, padding=1))
+    assert receptive_field(two_convs, (16, 16, 16)) == (5, 5, 5)
+    flat = torch.nn.Conv3d(1, 2, (3, 3, 1), padding=(1, 1, 0))
+    assert receptive_field(flat, (9, 9, 9)) == (3, 3, 1)
+    # a batch-norm U-Net sees far more than one kernel but not all of a large probe; a probe that
+    # small caps the answer; instance norm makes every output depend on the whole window
+    batch = build_network(replace(TINY, norm_name="batch"))
+    rf = receptive_field(batch, (48, 48, 48))
+    assert all(10 < r < 48 for r in rf), rf
+    assert receptive_field(batch, (8, 8, 8)) == (8, 8, 8)
+    assert receptive_field(build_network(TINY), (48, 48, 48)) == (48, 48, 48)

@@ -58,3 +58,18 @@ def _is_norm_key(model: torch.nn.Module, key: str) -> bool:
     if module is None:  # a key of the source model's norm layer that this model lacks
         return "norm" in module_name.split(".")[-1]
     return isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
+
+
+def receptive_field(model: torch.nn.Module, probe: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Input voxels (per axis) that one output voxel at the centre of a ``probe``-sized input
+    depends on: the extent of its nonzero input gradient (an axis as long as ``probe`` means at
+    least that). A sliding window smaller than this sees zero padding at every output voxel, so
+    its output depends on where the window falls, whatever the normalisation."""
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, 1, *probe, requires_grad=True)
+    out = model(x)
+    out[(0, out.shape[1] - 1, *(p // 2 for p in probe))].backward()
+    hit = (x.grad[0, 0] != 0).nonzero()
+    model.train(was_training)
+    return tuple(int(v) for v in (hit.max(0).values - hit.min(0).values + 1))  # type: ignore[return-value]
