@@ -36,6 +36,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +362,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--random-weights", action="store_true",
                     help="no trained model: seeded random weights with the default plan (masks then "
                          "only show that the paths agree, not that they are good)")
+    ap.add_argument("--filters", default=None, metavar="F1,F2,F3,F4",
+                    help="with --random-weights: the network's filters per level (e.g. 32,64,128,256)")
+    ap.add_argument("--res-block", action="store_true", help="with --random-weights: residual blocks")
     ap.add_argument("--overlap", type=float, default=None, help="medseg overlap (default: the plan's)")
     ap.add_argument("--window", type=lambda t: tuple(int(v) for v in t.split(",")), default=None,
                     help="medseg sliding-window size X,Y,Z in plan voxels (default: the plan's)")
@@ -386,6 +390,15 @@ def resolve_model(args: argparse.Namespace, work: str) -> str | None:
 
         torch.manual_seed(args.seed)
         plan = Plan()
+        if args.filters or args.res_block:  # a variant of the bundled network, for its inference cost
+            if BUNDLED_MODEL.is_file():  # the bundled plan: same spacing, window and normalisation
+                from medseg.models import load_checkpoint_dict
+
+                plan = Plan.from_dict(load_checkpoint_dict(BUNDLED_MODEL)["plan"])
+            filters = [int(v) for v in args.filters.split(",")] if args.filters else plan.network.filters
+            if len(filters) != len(plan.network.filters):
+                raise SystemExit(f"--filters needs {len(plan.network.filters)} levels, got {filters}")
+            plan.network = replace(plan.network, filters=filters, res_block=bool(args.res_block))
         return str(save_checkpoint(Path(work) / "random.pt", build_network(plan.network), plan))
     if args.model is None and not BUNDLED_MODEL.is_file():
         return None
@@ -437,6 +450,9 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if (args.filters or args.res_block) and not args.random_weights:
+        print("--filters and --res-block describe a network variant: use them with --random-weights", file=sys.stderr)
+        return 2
     combos, skipped = select_combos(args.runtimes, args.precisions)
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as work:
         model = resolve_model(args, work)
@@ -446,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         ct_path, facts = make_scan(args, work)
         bench = windows_bench(args, ct_path, model, combos) if args.windows else whole_scan(
             args, ct_path, model, work, combos)
-    result = {**facts, **bench, "model": "random-weights" if args.random_weights else model,
+    variant = f"random-weights filters={args.filters or 'plan'} res_block={bool(args.res_block)}"
+    result = {**facts, **bench, "model": variant if args.random_weights else model,
               "threads": args.threads, "calibration": args.calibration or "the benchmarked scan",
               "skipped": skipped}
     if args.json:
