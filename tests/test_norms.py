@@ -97,6 +97,7 @@ def test_receptive_field_of_known_networks():
 
     two_convs = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.Conv3d(2, 2, 3, padding=1))
     assert receptive_field(two_convs, (16, 16, 16)) == (5, 5, 5)
+    assert all(p.grad is None for p in two_convs.parameters())  # a measurement leaves no gradients behind
     flat = torch.nn.Conv3d(1, 2, (3, 3, 1), padding=(1, 1, 0))
     assert receptive_field(flat, (9, 9, 9)) == (3, 3, 1)
     # a batch-norm U-Net sees far more than one kernel but not all of a large probe; a probe that

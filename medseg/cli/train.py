@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--res-block", action="store_true", default=None, help="residual blocks in the U-Net")
     p.add_argument("--norm", dest="norm_name", choices=NORMS, default=None,
                    help="network normalisation (default: the task's network.norm_name; with --init-weights the "
-                        "model's): batch makes window outputs independent of where windows fall")
+                        "model's, and another one moves its convolutions over); batch infers with fixed statistics")
     p.add_argument("--dataset-weights", type=_floats, default=None, metavar="W1,W2,...",
                    help="share of sampled patches per --data folder, in order (default: uniform over cases)")
     p.add_argument("--init-weights", default=None, metavar="CKPT",

@@ -43,18 +43,19 @@ def load_weights_across_norms(model: torch.nn.Module, state_dict: dict[str, torc
     left over is an error, so a wrong checkpoint is not half-loaded silently.
     """
     result = model.load_state_dict(state_dict, strict=False)
-    norm_only = all(_is_norm_key(model, k) for k in [*result.missing_keys, *result.unexpected_keys])
+    modules = dict(model.named_modules())
+    norm_only = all(_is_norm_key(modules, k) for k in [*result.missing_keys, *result.unexpected_keys])
     if not norm_only:
         raise ValueError(f"weights do not fit this network: missing {result.missing_keys[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]}")
 
 
-def _is_norm_key(model: torch.nn.Module, key: str) -> bool:
+def _is_norm_key(modules: dict[str, torch.nn.Module], key: str) -> bool:
     """Whether ``key`` names a normalisation layer's parameter or running statistic."""
     module_name, _, leaf = key.rpartition(".")
     if leaf in _NORM_STATE:
         return True
-    module = dict(model.named_modules()).get(module_name)
+    module = modules.get(module_name)
     if module is None:  # a key of the source model's norm layer that this model lacks
         return "norm" in module_name.split(".")[-1]
     return isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
@@ -69,7 +70,8 @@ def receptive_field(model: torch.nn.Module, probe: tuple[int, int, int]) -> tupl
     model.eval()
     x = torch.randn(1, 1, *probe, requires_grad=True)
     out = model(x)
-    out[(0, out.shape[1] - 1, *(p // 2 for p in probe))].backward()
-    hit = (x.grad[0, 0] != 0).nonzero()
+    # the gradient of the input only: the model's parameters keep whatever .grad they had
+    (grad,) = torch.autograd.grad(out[(0, out.shape[1] - 1, *(p // 2 for p in probe))], x)
+    hit = (grad[0, 0] != 0).nonzero()
     model.train(was_training)
     return tuple(int(v) for v in (hit.max(0).values - hit.min(0).values + 1))  # type: ignore[return-value]

@@ -175,8 +175,9 @@ def collect_candidates(
 
     Each scan's candidates are kept in ``work_dir/<name>/candidates.json`` with ``key`` (what made
     them: weights, window, overlap), so an interrupted run resumes, and a run with other weights or
-    settings in the same folder computes them again instead of fitting to stale ones. ``sizes`` gives true nodule diameters per scan (phantoms); otherwise a nodule's
-    equivalent diameter from its mask decides whether it counts (>= ``min_mm``).
+    settings in the same folder computes them again instead of fitting to stale ones. ``sizes``
+    gives true nodule diameters per scan (phantoms); otherwise a nodule's equivalent diameter from
+    its mask decides whether it counts (>= ``min_mm``).
     """
     from medseg.io import read_volume
     from medseg.postprocess.components import equivalent_diameter_mm

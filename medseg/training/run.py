@@ -248,7 +248,10 @@ def _model(setup: _Setup, train_cases: list, ov: dict[str, Any], main: bool) -> 
     init = setup.init
     if init is None:
         return model
-    load_weights_across_norms(model, init["state_dict"])
+    if (init["plan"].get("network") or {}).get("norm_name", "instance") == setup.plan.network.norm_name:
+        model.load_state_dict(init["state_dict"])  # same network: every tensor must fit
+    else:
+        load_weights_across_norms(model, init["state_dict"])
     held_out = set((init.get("split") or {}).get("val_patients") or [])
     leaked = held_out & {c.group for c in train_cases}
     if main:
