@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.thick_slices import coarsen
+
 SIZE_BINS = (("lt6mm", 0.0, 6.0), ("6to10mm", 6.0, 10.0), ("gt10mm", 10.0, float("inf")))
 
 
@@ -45,38 +47,6 @@ def threshold_baseline(hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
     centroids = np.asarray(stats["centroids"])[1:]
     nearest = int(np.argmin(np.linalg.norm(centroids - centre, axis=1))) + 1
     return labels == nearest
-
-
-def _slab_matrix(n_fine: int, step: float) -> np.ndarray:
-    """(n_coarse, n_fine) weights: each coarse voxel averages the fine voxels it overlaps, by overlap."""
-    n_coarse = max(1, int(round(n_fine / step)))
-    centre = (step - 1.0) / 2.0 + step * np.arange(n_coarse)  # in fine index units
-    x = np.arange(n_fine, dtype=float)
-    lo = np.maximum(x[None, :] - 0.5, centre[:, None] - step / 2.0)
-    hi = np.minimum(x[None, :] + 0.5, centre[:, None] + step / 2.0)
-    w = np.clip(hi - lo, 0.0, None)
-    return w / w.sum(axis=1, keepdims=True)  # a last voxel past the grid's end averages what is there
-
-
-def coarsen(volume, spacing: tuple[float, float, float], binary: bool = False):  # noqa: ANN001, ANN201
-    """``volume`` as a scanner with coarser voxels would have recorded it.
-
-    Each axis finer than ``spacing`` is averaged over the coarse voxels' widths (the slab a thick
-    slice integrates), coarse voxels tiling the same extent from the first fine voxel's edge; axes
-    already as coarse are left alone. A binary mask is averaged the same way and cut at 0.5: a
-    coarse voxel is nodule when the nodule fills at least half of it, the partial-volume rule a
-    reader applies on a thick slice.
-    """
-    src = np.asarray(volume.spacing, float)
-    dst = np.maximum(src, np.asarray(spacing, float))
-    out = np.asarray(volume.array, np.float32)
-    step = dst / src
-    for a in range(3):
-        out = np.moveaxis(np.tensordot(_slab_matrix(out.shape[a], step[a]), out, axes=(1, a)), 0, a)
-    out = (out >= 0.5).astype(np.uint8) if binary else out.astype(np.float32)
-    first = (step - 1.0) / 2.0  # fine index of the first coarse voxel centre
-    origin = np.asarray(volume.origin) + volume.direction @ (src * first)
-    return volume.with_array(out, spacing=tuple(dst), origin=tuple(origin))
 
 
 def texture_group(texture: str) -> str:
