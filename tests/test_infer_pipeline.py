@@ -90,6 +90,19 @@ def oracle_segmenter(ckpt: Path, **kw) -> Segmenter:
     return seg
 
 
+def test_candidate_features_index_the_labels_they_describe(tiny_ckpt, phantoms) -> None:
+    """Segmentation.features lie on the grid of Segmentation.labels (postprocessing measures them
+    in the lung box; a box-relative bbox or centroid would point users at the wrong voxels)."""
+    seg = oracle_segmenter(tiny_ckpt).segment(read_volume(phantoms["LPS"][0]))
+    fine = [f for f in seg.features if f.get("kind") != "mass"]
+    assert fine and seg.stats["windows_run"] < seg.stats["windows_total"], "the lung box must not start at 0"
+    for f in fine:
+        box = tuple(slice(a, b) for a, b in f["bbox"])
+        inside = np.argwhere(seg.labels[box] == f["label"]) + [b.start for b in box]
+        assert len(inside) == f["voxels"] == int((seg.labels == f["label"]).sum())
+        np.testing.assert_allclose(inside.mean(0), f["centroid_ijk"], atol=1e-6)
+
+
 @pytest.mark.parametrize("orient", ["LPS", "RAS"])
 def test_every_nodule_found_on_the_input_grid(tiny_ckpt, phantoms, tmp_path, orient) -> None:
     path, ph = phantoms[orient]

@@ -202,6 +202,7 @@ class Segmenter:
                                         lung_mask=None if mask is None else mask[roi.box],
                                         settings=self.postprocess_settings(whole_scan))
         labels[roi.box] = lab_roi
+        features = [_on_input_grid(f, roi.box) for f in features]
         timings["postprocess_s"] = time.perf_counter() - t
         if whole_scan and self.settings.masses:
             t = time.perf_counter()
@@ -403,3 +404,16 @@ def segment(image: Any, keep_probabilities: bool = False, **settings: Any) -> Se
 
 
 __all__ = ["CaseResult", "InferenceSettings", "Segmentation", "Segmenter", "infer", "segment"]
+
+
+def _on_input_grid(feature: dict[str, Any], box: tuple[slice, ...]) -> dict[str, Any]:
+    """A component's voxel coordinates (``bbox``, ``centroid_ijk``) moved from the lung box, where
+    postprocessing measured them, to the input grid that ``Segmentation.labels`` lies on."""
+    start = [s.start or 0 for s in box]
+    out = dict(feature)
+    if "bbox" in out:
+        out["bbox"] = [[int(a) + o, int(b) + o] for (a, b), o in zip(out["bbox"], start)]
+    if "centroid_ijk" in out:
+        out["centroid_ijk"] = [float(c) + o for c, o in zip(out["centroid_ijk"], start)]
+    return out
+
