@@ -19,8 +19,9 @@ with it). A candidate detects each true lesion it overlaps. It prints:
 * every figure by size, texture and placement kind; the real mass (found, Dice);
 * FP/scan on the real background with no nodule; lung-mask Dice on the labelled real scans.
 
-``--work-dir`` keeps the hybrids and each scan's candidates (keyed by the checkpoint's bytes and
-the settings), so a re-run re-scores in seconds. ``--failures DIR`` writes a preview of each
+``--work-dir`` keeps the hybrids and each scan's candidates with their features, keyed by the
+network's weights and the settings but not by the candidate classifier: a re-run, or a checkpoint
+whose FP stage was refitted for the same network (``medseg train-fp``), re-scores in seconds. ``--failures DIR`` writes a preview of each
 missed lesion >= ``--min-mm``. One JSON line with ``--json``.
 
 All test scans share one real background: its own false positives recur in every hybrid, so
@@ -40,6 +41,9 @@ from pathlib import Path
 import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: the component features a candidate classifier reads (see medseg.postprocess.candidates.FEATURES)
+CLASSIFIER_INPUTS = ("mean_probability", "max_probability", "equivalent_diameter_mm", "elongation", "flatness",
+                     "mean_hu", "std_hu", "shell_dense", "lung_contact", "prob_blobness", "hu_blobness")
 SIZE_BINS = ((3, 5, "3-5mm"), (5, 10, "5-10mm"), (10, 20, "10-20mm"), (20, 30, "20-30mm"), (30, 1e9, ">=30mm"))
 
 
@@ -63,6 +67,8 @@ class Candidate:
     mass: bool
     centre_lps: list[float]
     diameter_mm: float
+    #: what a candidate classifier reads (medseg.postprocess.candidates.FEATURES' inputs); None for masses
+    features: dict | None = None
 
 
 @dataclass
@@ -81,15 +87,34 @@ class ScanResult:
 def match(labels: np.ndarray, truth: np.ndarray, nodules: list[dict], features: list[dict],
           keys: dict[int, str]) -> list[Candidate]:
     """Candidates of a segmentation, each with the lesion keys (truth label -> key) it overlaps."""
-    kinds = {int(f["label"]): f.get("kind") for f in features}
+    by_label = {int(f["label"]): f for f in features}
     out = []
     for n in nodules:
         comp = labels == n["id"]
         hit = np.unique(truth[comp])
+        f = by_label.get(n["id"], {})
+        mass = f.get("kind") == "mass"
         out.append(Candidate(float(n["confidence"] if n.get("confidence") is not None else n["mean_probability"] or 0),
-                             [keys[int(h)] for h in hit if int(h) in keys], kinds.get(n["id"]) == "mass",
-                             list(n["centre_lps_mm"]), float(n["longest_diameter_mm"])))
+                             [keys[int(h)] for h in hit if int(h) in keys], mass,
+                             list(n["centre_lps_mm"]), float(n["longest_diameter_mm"]),
+                             None if mass or not f else {k: float(f[k]) for k in CLASSIFIER_INPUTS if k in f}))
     return out
+
+
+def rescore(scans: list[ScanResult], classifier) -> int:  # noqa: ANN001
+    """Each fine-pass candidate's confidence from its cached features: ``classifier``'s P(nodule)
+    (a CandidateClassifier), or the mean probability without one, as the pipeline scores it.
+    Masses keep theirs (the coarse pass's mean probability). Returns how many were re-scored."""
+    from medseg.postprocess.candidates import confidence
+
+    n = 0
+    for s in scans:
+        for c in s.candidates:
+            if c.features is not None:
+                score = confidence(c.features, classifier)
+                if score is not None:
+                    c.confidence, n = float(score), n + 1
+    return n
 
 
 def size_bin(d: float) -> str:
@@ -253,14 +278,17 @@ def real_lesion(label: Path) -> Lesion:
 
 
 # ----------------------------------------------------------------------------- running
-def cache_key(args: argparse.Namespace) -> str:
-    from medseg.models import BUNDLED_MODEL
+def cache_key(args: argparse.Namespace, payload: dict) -> str:
+    """What makes the candidates: the network's weights, the plan's inference settings and this
+    run's. Not the candidate classifier or its cut: they only score candidates (``rescore``), so
+    an FP-stage refit of the same network (``medseg train-fp``) re-scores the cached ones."""
+    from medseg.models.checkpoint import weights_digest
 
-    h = hashlib.sha256(Path(args.model or BUNDLED_MODEL).read_bytes())
-    settings = [args.precision, args.no_crf, args.no_masses, args.overlap]
-    if args.window or args.tta or args.runtime != "torch":  # only when set: earlier runs' keys stay valid
-        settings += [args.window, args.tta, args.runtime]
-    h.update(json.dumps(settings).encode())
+    h = hashlib.sha256(weights_digest(payload["state_dict"]).encode())
+    plan = {k: v for k, v in (payload.get("plan", {}).get("inference") or {}).items()
+            if k not in ("candidate_classifier", "min_confidence")}
+    settings = [args.precision, args.no_crf, args.no_masses, args.overlap, args.window, args.tta, args.runtime, plan]
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
@@ -276,13 +304,26 @@ def run_scan(segmenter, name: str, group: str, image: Path, truth: Path | None, 
                           data.get("extra", {}))
     volume = read_volume(image)
     t = time.perf_counter()
-    seg = segmenter.segment(volume)
+    seg = segmenter.segment(volume, keep_probabilities=True)
     seconds = time.perf_counter() - t
+    _add_all_shape_measures(seg)
     lab = np.zeros(volume.shape, np.uint16) if truth is None else np.asarray(read_volume(truth).array).astype(np.uint16)
     cands = match(seg.labels, lab, seg.nodules, seg.features, keys)
     extra = {"status": seg.status, "lesion_dice": _lesion_dice(seg.labels, lab, keys)}
     _write_json(path, {"candidates": [c.__dict__ for c in cands], "seconds": seconds, "extra": extra})
     return ScanResult(name, group, lesions, cands, seconds, extra)
+
+
+def _add_all_shape_measures(seg) -> None:  # noqa: ANN001
+    """The Hessian shape measures of every fine candidate, which the pipeline computes only when its
+    classifier reads them: cached, they let any refitted classifier re-score the candidates."""
+    from medseg.postprocess.components import SHAPE_MEASURES, add_shape_measures
+
+    todo = [f for f in seg.features if f.get("kind") != "mass" and "bbox" in f
+            and not all(k in f for k in SHAPE_MEASURES)]
+    if todo and seg.probability is not None:
+        add_shape_measures(todo, seg.labels, seg.volume.spacing, seg.probability_full(),
+                           np.asarray(seg.volume.array, np.float32))
 
 
 def _lesion_dice(labels: np.ndarray, truth: np.ndarray, keys: dict[int, str]) -> dict[str, float]:
@@ -386,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from medseg.inference.pipeline import InferenceSettings, Segmenter
+    from medseg.models import BUNDLED_MODEL, load_checkpoint_dict
+    from medseg.postprocess import CandidateClassifier
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="real_detection_"))
@@ -393,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                                             min_confidence=0.0, precision=args.precision, overlap=args.overlap, window=args.window, tta=args.tta, runtime=args.runtime,
                                             crf=False if args.no_crf else None, masses=not args.no_masses))
     cut = float(segmenter.plan.inference.min_confidence if args.min_confidence is None else args.min_confidence)
-    cache = work / "candidates" / cache_key(args)
+    cache = work / "candidates" / cache_key(args, load_checkpoint_dict(args.model or BUNDLED_MODEL))
     t0 = time.perf_counter()
     hybrids = hybrid_scans(args, held_out_patients(args.model), work)
     scans = []
@@ -408,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                     {1: mass.key}, cache)
     clean = [run_scan(segmenter, Path(p).name.split(".")[0], "no_nodule", Path(p), None, [], {}, cache)
              for p in args.no_nodule]
+    fitted = segmenter.plan.inference.candidate_classifier
+    rescore(scans + [real] + clean, CandidateClassifier.from_dict(fitted) if fitted else None)
     result = {
         "benchmark": "real_detection", "model": args.model or "bundled", "work_dir": str(work),
         "settings": {"precision": args.precision or "plan", "runtime": args.runtime, "overlap": args.overlap,

@@ -405,3 +405,42 @@ def test_medseg_segment_in_memory_from_sitk_and_nibabel_images(tiny_ckpt, phanto
     assert [n["id"] for n in a.nodules] == list(range(1, int(a.labels.max()) + 1))
     out = medseg.write_outputs(a, tmp_path / "o", "case")
     assert read_volume(out["nodules"]).same_grid(vol)
+
+
+def test_real_detection_rescores_cached_candidates_as_the_pipeline_scores_them(tiny_ckpt, phantoms, tmp_path) -> None:
+    """benchmarks/real_detection.py caches candidates with their features, so a refitted FP stage
+    re-scores them without the network: its scores must equal the pipeline run with that stage,
+    even when the cache was made under a classifier that did not need the Hessian shape measures."""
+    import importlib.util
+    import sys
+
+    from medseg.postprocess.candidates import DEFAULT_FEATURES, CandidateClassifier
+
+    path_ = Path(__file__).resolve().parents[1] / "benchmarks" / "real_detection.py"
+    spec = importlib.util.spec_from_file_location("real_detection", path_)
+    rd = importlib.util.module_from_spec(spec)
+    sys.modules["real_detection"] = rd
+    spec.loader.exec_module(rd)
+    path, ph = phantoms["LPS"]
+    truth = write_volume(ph.nodules, tmp_path / "truth.nii.gz")
+    rng = np.random.default_rng(0)
+
+    def classifier(names):
+        return CandidateClassifier(features=list(names), mean=[0.0] * len(names), scale=[1.0] * len(names),
+                                   coef=rng.normal(size=len(names)).tolist(), intercept=0.2)
+
+    plain, shaped = classifier(DEFAULT_FEATURES[:7]), classifier(DEFAULT_FEATURES)
+    assert {"prob_blobness", "hu_blobness"} <= set(shaped.features) - set(plain.features)
+    runs = {}
+    for name, clf in (("plain", plain), ("shaped", shaped)):
+        seg = oracle_segmenter(tiny_ckpt, min_confidence=0.0, preview=False, crf=False)
+        seg.plan.inference.candidate_classifier = clf.to_dict()
+        rd.run_scan(seg, "scan", "hybrid", path, truth, [], {}, tmp_path / name)
+        runs[name] = rd.run_scan(None, "scan", "hybrid", path, truth, [], {}, tmp_path / name)  # from the cache
+    with_shape = [c.confidence for c in runs["shaped"].candidates]
+    assert len(with_shape) > 3 and len(set(with_shape)) > 1
+    assert rd.rescore([runs["plain"]], shaped) == len(with_shape)
+    np.testing.assert_allclose([c.confidence for c in runs["plain"].candidates], with_shape, atol=1e-4)
+    rd.rescore([runs["plain"]], None)  # no classifier: the mean probability, as the pipeline
+    assert [c.confidence for c in runs["plain"].candidates] == [c.features["mean_probability"]
+                                                                 for c in runs["plain"].candidates]

@@ -60,3 +60,37 @@ def test_score_operating_point_size_floor_and_breakdowns() -> None:
 def test_size_bins() -> None:
     assert [rd.size_bin(d) for d in (2.0, 3.0, 7.0, 29.9, 30.0, 95.0)] == \
         ["<3mm", "3-5mm", "5-10mm", "20-30mm", ">=30mm", ">=30mm"]
+
+
+def test_cache_key_follows_the_network_and_settings_not_the_fp_stage() -> None:
+    import argparse
+
+    import torch
+
+    args = argparse.Namespace(precision=None, no_crf=False, no_masses=False, overlap=None, window=None, tta=False,
+                              runtime="torch")
+    weights = {"w": torch.ones(3), "b": torch.zeros(2)}
+    base = {"state_dict": weights, "plan": {"inference": {"overlap": 0.5, "threshold": 0.5, "min_confidence": 0.6,
+                                                          "candidate_classifier": {"coef": [1.0]}}}}
+    refit = {"state_dict": weights, "plan": {"inference": {"overlap": 0.5, "threshold": 0.5, "min_confidence": 0.9,
+                                                           "candidate_classifier": {"coef": [-2.0]}}}}
+    key = rd.cache_key(args, base)
+    assert rd.cache_key(args, refit) == key, "a refitted FP stage re-scores the same candidates"
+    other = {**base, "state_dict": {"w": torch.ones(3) * 1.001, "b": torch.zeros(2)}}
+    assert rd.cache_key(args, other) != key, "other weights make other candidates"
+    moved = {**base, "plan": {"inference": {**base["plan"]["inference"], "threshold": 0.4}}}
+    assert rd.cache_key(args, moved) != key, "the plan's threshold shapes the candidates"
+    assert rd.cache_key(argparse.Namespace(**{**vars(args), "overlap": 0.25}), base) != key
+
+
+def test_rescore_leaves_masses_and_featureless_candidates_alone() -> None:
+    from medseg.postprocess.candidates import CandidateClassifier
+
+    clf = CandidateClassifier(features=["mean_probability"], mean=[0.0], scale=[1.0], coef=[4.0], intercept=-2.0)
+    scan = rd.ScanResult("s", "hybrid", [], [
+        rd.Candidate(0.3, [], False, [0, 0, 0], 6.0, {"mean_probability": 0.75}),
+        rd.Candidate(0.6, [], True, [0, 0, 0], 40.0, None),  # a mass: the coarse pass's probability
+    ])
+    assert rd.rescore([scan], clf) == 1
+    assert scan.candidates[0].confidence == pytest.approx(1 / (1 + np.exp(-(4.0 * 0.75 - 2.0))))
+    assert scan.candidates[1].confidence == 0.6

@@ -69,3 +69,15 @@ def load_model(
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return model, plan, payload
+
+
+def weights_digest(state_dict: dict[str, Any]) -> str:
+    """A short SHA-256 of network weights: which network made a cached result, whatever else
+    (a refitted candidate classifier, a new cut) its checkpoint's plan carries."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -245,17 +245,6 @@ def phantom_scans(count: int, seed: int, shape: tuple[int, int, int], spacing: t
     return scans, sizes
 
 
-def _weights_digest(state_dict: dict[str, Any]) -> str:
-    """A short SHA-256 of the network weights: which model made a cached candidate list."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        h.update(name.encode())
-        h.update(state_dict[name].detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def train_fp_reduction(
     model: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
@@ -283,7 +272,7 @@ def train_fp_reduction(
     from medseg.inference.pipeline import InferenceSettings, Segmenter
     from medseg.io.atomic import atomic_path
     from medseg.models import load_checkpoint_dict
-    from medseg.models.checkpoint import BUNDLED_MODEL
+    from medseg.models.checkpoint import BUNDLED_MODEL, weights_digest
 
     if not data and phantoms < 2:
         raise ValueError("give scan folders (data) or at least two phantoms")
@@ -300,7 +289,7 @@ def train_fp_reduction(
                                           preview=False, dicom_seg=False, min_confidence=0.0, crf=None,
                                           masses=False, window=window, overlap=overlap))
         seg.plan.inference.candidate_classifier = None  # candidates of the network, not of an older fit
-        key = {"weights": _weights_digest(payload["state_dict"]), "window": list(seg.predictor.window),
+        key = {"weights": weights_digest(payload["state_dict"]), "window": list(seg.predictor.window),
                "overlap": float(seg.predictor.overlap), "precision": str(seg.predictor.precision)}
         cands = collect_candidates(seg, scans, work / "candidates", min_mm=min_mm, sizes=sizes, key=key)
     result = fit_fp_reduction(cands, target_fp_per_scan, folds=folds, l2=l2)
