@@ -21,8 +21,9 @@ with it). A candidate detects each true lesion it overlaps. It prints:
 
 ``--work-dir`` keeps the hybrids and each scan's candidates with their features, keyed by the
 network's weights and the settings but not by the candidate classifier: a re-run, or a checkpoint
-whose FP stage was refitted for the same network (``medseg train-fp``), re-scores in seconds. ``--failures DIR`` writes a preview of each
-missed lesion >= ``--min-mm``. One JSON line with ``--json``.
+whose FP stage was refitted for the same network (``medseg train-fp``), re-scores in seconds.
+``--failures DIR`` writes a preview of each missed lesion >= ``--min-mm``. One JSON line with
+``--json``.
 
 All test scans share one real background: its own false positives recur in every hybrid, so
 FP/scan is that anatomy's. The hidden real scans are what checks the figures.

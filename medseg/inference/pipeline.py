@@ -403,9 +403,6 @@ def segment(image: Any, keep_probabilities: bool = False, **settings: Any) -> Se
     return _SEGMENTERS[key].segment(image, keep_probabilities=keep_probabilities)
 
 
-__all__ = ["CaseResult", "InferenceSettings", "Segmentation", "Segmenter", "infer", "segment"]
-
-
 def _on_input_grid(feature: dict[str, Any], box: tuple[slice, ...]) -> dict[str, Any]:
     """A component's voxel coordinates (``bbox``, ``centroid_ijk``) moved from the lung box, where
     postprocessing measured them, to the input grid that ``Segmentation.labels`` lies on."""
@@ -417,3 +414,5 @@ def _on_input_grid(feature: dict[str, Any], box: tuple[slice, ...]) -> dict[str,
         out["centroid_ijk"] = [float(c) + o for c, o in zip(out["centroid_ijk"], start)]
     return out
 
+
+__all__ = ["CaseResult", "InferenceSettings", "Segmentation", "Segmenter", "infer", "segment"]
