@@ -48,8 +48,8 @@ def test_ellipsoid_measurements_in_world_space(direction) -> None:
     true_volume = 4 / 3 * np.pi * np.prod(axes_mm)
     assert m["volume_mm3"] == pytest.approx(inside.sum() * np.prod(spacing), rel=1e-3)
     assert m["volume_mm3"] == pytest.approx(true_volume, rel=0.05)
-    # boundary voxel centres lie up to about half a voxel inside the true surface
-    assert 2 * axes_mm[0] - 1.8 <= m["longest_diameter_mm"] <= 2 * axes_mm[0] + 0.01
+    # edge to edge: the mask's edge lies within half a voxel of the true surface
+    assert m["longest_diameter_mm"] == pytest.approx(2 * axes_mm[0], abs=max(spacing) / 2)
     assert np.allclose(m["centre_lps_mm"], centre, atol=0.15)
     assert np.allclose(m["centre_ras_mm"], centre * [-1, -1, 1], atol=0.15)
     assert m["equivalent_diameter_mm"] == pytest.approx((6 * m["volume_mm3"] / np.pi) ** (1 / 3), rel=1e-3)
@@ -61,8 +61,18 @@ def test_longest_diameter_of_a_voxel_line_uses_spacing_and_direction() -> None:
     d = rotation(0, 90)  # i axis points along world y
     vol = Volume(np.zeros((10, 3, 3)), (2.0, 1.0, 1.0), direction=d)
     mask = np.zeros((10, 3, 3), bool)
-    mask[2:7, 1, 1] = True  # 5 voxels: centres 4 * 2 mm apart
-    assert longest_diameter_mm(mask, vol) == pytest.approx(8.0)
+    mask[2:7, 1, 1] = True  # 5 voxels of 2 mm: 10 mm edge to edge (centres are 8 mm apart)
+    assert longest_diameter_mm(mask, vol) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7, 3.0), (3.0, 3.0, 3.0), (0.5, 2.0, 0.9)])
+def test_one_voxel_measures_its_own_size_not_zero(spacing) -> None:
+    """A one-voxel component is as long as its longest voxel side (it once read 0 mm)."""
+    vol = Volume(np.zeros((3, 3, 3)), spacing, direction=rotation(30, 20))
+    mask = np.zeros((3, 3, 3), bool)
+    mask[1, 1, 1] = True
+    assert longest_diameter_mm(mask, vol) == pytest.approx(max(spacing))
+    assert longest_diameter_mm(np.zeros((3, 3, 3), bool), vol) == 0.0
 
 
 def test_nodule_type_from_hu() -> None:
@@ -82,7 +92,9 @@ def test_multiple_labels_and_probability_box() -> None:
     assert [m["id"] for m in out] == [1, 2]
     assert [m["voxels"] for m in out] == [18, 18]
     assert all(m["mean_probability"] == pytest.approx(0.7) for m in out)
-    assert out[1]["longest_diameter_mm"] == pytest.approx(np.hypot(5, 2), abs=0.006)  # rounded to 0.01 mm
+    # 6 x 3 x 1 voxels of 1 x 1 x 2 mm: edge to edge on the 0.5-level surface, whose corners are
+    # cut, the farthest vertices are the i faces' ends, 6 mm apart along i and 2 mm along j
+    assert out[1]["longest_diameter_mm"] == pytest.approx(np.hypot(6, 2), abs=0.006)  # rounded to 0.01 mm
 
 
 def test_csv_and_json(tmp_path) -> None:

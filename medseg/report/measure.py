@@ -31,21 +31,28 @@ AXIAL_TOL = 1e-3
 
 
 def longest_diameter_mm(mask: np.ndarray, volume: Volume, offset: tuple[int, int, int] = (0, 0, 0)) -> float:
-    """Largest distance (mm) between boundary voxel centres of a binary mask, in world space.
+    """Largest distance (mm) across a binary mask in world space, edge to edge.
 
-    ``mask`` may be a sub-block of ``volume``'s grid starting at voxel ``offset``.
+    The mask's surface is the 0.5 level of the mask (``skimage.measure.marching_cubes``: half-way
+    between voxel centres inside and outside, as the axial axes' outlines), and the diameter is the
+    largest distance between its vertices: IBSI's and pyradiomics' "maximum 3D diameter". So one
+    voxel measures its own size (not 0 mm) and a line of n voxels n voxels, on any spacing and
+    orientation. ``mask`` may be a sub-block of ``volume``'s grid starting at voxel ``offset``.
     """
-    boundary = mask & ~ndimage.binary_erosion(mask, border_value=0)
-    ijk = np.argwhere(boundary) + np.asarray(offset)
-    if len(ijk) < 2:
+    from skimage.measure import marching_cubes
+
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
         return 0.0
-    pts = volume.index_to_world(ijk)
+    # pad: the surface closes where the mask meets the block's edge
+    verts = marching_cubes(np.pad(mask, 1).astype(np.float32), 0.5)[0] - 1.0
+    pts = volume.index_to_world(verts + np.asarray(offset))
     if len(pts) > 4:
         try:  # the farthest pair lies on the convex hull
             from scipy.spatial import ConvexHull
 
             pts = pts[ConvexHull(pts).vertices]
-        except Exception:  # flat or degenerate sets (e.g. a single slice): use all points
+        except Exception:  # flat or degenerate sets: use all points
             pass
     if len(pts) > 4000:  # keep the pairwise step bounded
         pts = pts[np.linspace(0, len(pts) - 1, 4000).astype(int)]
