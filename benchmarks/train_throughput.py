@@ -1,11 +1,17 @@
 """Training throughput: patches/s with the real data loader vs the same model fed cached tensors.
 
     python benchmarks/train_throughput.py [--quick] [--json] [--data DIR] [--device cpu|cuda]
+    python benchmarks/train_throughput.py --draws N --data DIR [--data DIR ...] [--json]
 
 The loader path is medseg's training pipeline (CacheDataset + fg-oversampled crops + augmentation,
 through the DataLoader); the baseline feeds pre-built tensors of the same shape to the same model
 in the same process. ``loader_overhead`` = baseline patches/s / loader patches/s (1.0 = free).
 Without ``--data`` (or when the shared LIDC folder is absent) a small synthetic set is used.
+
+``--draws N``: the data side alone, on the given folders (whole-scan hybrids and phantoms are where
+it matters) under the bundled model's plan: N patches drawn from medseg's training dataset
+(``copy_cache=False``, the patch copied after the crop) against the same draws with MONAI's
+default per-draw deep copy of the cached case, in the same process on the same cache.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ def _synthetic(root: Path, n: int) -> Path:
 
 
 def measure(device: torch.device, data: Path, cases: int, steps: int, workers: int, precision: str = "fp32") -> dict:
-    from monai.data import CacheDataset, DataLoader
+    from monai.data import DataLoader
 
     from medseg.data.datasets import read_dataset
     from medseg.data.planning import fingerprint_dataset, make_plan
@@ -47,14 +53,13 @@ def measure(device: torch.device, data: Path, cases: int, steps: int, workers: i
     from medseg.models.precision import autocast, resolve_precision
     from medseg.tasks import load_task
     from medseg.training.losses import build_loss
-    from medseg.transforms import train_transforms
+    from medseg.training.run import training_dataset
 
     task = load_task("lung_nodule")
     cs = read_dataset(data)[:cases]
     plan = make_plan(fingerprint_dataset(cs, 2000), task, device.type,
                      torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
-    ds = CacheDataset([{"image": c.image, "label": c.label} for c in cs], train_transforms(plan, task),
-                      num_workers=2, progress=False)
+    ds = training_dataset(cs, plan, task)  # what `medseg train` draws from
     model = build_network(plan.network).to(device).train()
     loss_fn = build_loss(task.loss)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
@@ -108,14 +113,56 @@ def measure(device: torch.device, data: Path, cases: int, steps: int, workers: i
     }
 
 
+def draw_rate(folders: list[Path], draws: int, seed: int = 0) -> dict:
+    """Patches per second drawn from the training dataset, without and with the per-draw deep copy."""
+    from medseg.data.datasets import read_datasets
+    from medseg.models import load_checkpoint_dict
+    from medseg.models.checkpoint import BUNDLED_MODEL
+    from medseg.plan import Plan
+    from medseg.tasks import load_task
+    from medseg.training.run import training_dataset
+
+    plan = Plan.from_dict(load_checkpoint_dict(BUNDLED_MODEL)["plan"])
+    cases = read_datasets(folders)
+    t = time.perf_counter()
+    ds = training_dataset(cases, plan, load_task("lung_nodule"))
+    cache_s = time.perf_counter() - t
+    order = np.random.default_rng(seed).integers(0, len(ds), draws)
+    rates = {}
+    for copy in (False, True):  # medseg's setting first, then MONAI's default on the same cache
+        ds.copy_cache = copy
+        ds.transform.set_random_state(seed=seed)
+        t = time.perf_counter()
+        for i in order:
+            ds[int(i)]
+        rates[copy] = draws / (time.perf_counter() - t)
+    return {"benchmark": "train_throughput --draws", "data": [str(f) for f in folders], "cases": len(cases),
+            "patch_size": list(plan.patch_size), "spacing": list(plan.spacing), "draws": draws,
+            "cache_build_s": round(cache_s, 1), "patches_per_s": round(rates[False], 2),
+            "patches_per_s_monai_deepcopy": round(rates[True], 2),
+            "speedup_vs_deepcopy": round(rates[False] / rates[True], 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke size: few cases and steps")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
-    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--data", type=Path, action="append", default=None,
+                    help="dataset folder (repeatable with --draws; default: the shared LIDC crops)")
+    ap.add_argument("--draws", type=int, default=0, metavar="N",
+                    help="only the data side: N patch draws, medseg's dataset vs MONAI's per-draw deep copy")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, plus cuda when present)")
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args(argv)
+    if args.draws:
+        out = draw_rate(args.data or [SHARED], args.draws)
+        print(json.dumps(out) if args.json else
+              f"{out['patches_per_s']} patches/s against {out['patches_per_s_monai_deepcopy']} with MONAI's per-draw "
+              f"deep copy (x{out['speedup_vs_deepcopy']}) over {out['cases']} cases, {out['draws']} draws")
+        return 0
+    if args.data and len(args.data) > 1:
+        ap.error("one --data folder without --draws")
+    args.data = args.data[0] if args.data else None
     cases, steps = (8, 3) if args.quick else (64, 20)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as tmp:

@@ -138,6 +138,22 @@ class BinariseLabeld(MapTransform):
         return d
 
 
+class OwnMemoryd(MapTransform):
+    """Give each cropped array its own memory (a crop is a view of the cached whole case).
+
+    Training reads cached cases without MONAI's per-draw deep copy (``copy_cache=False``, see
+    :func:`medseg.training.run.training_dataset`): copying a whole-scan case (hundreds of MB at the
+    plan spacing) for every 48x48x16 patch cost more than the training step. This copy of the patch
+    alone keeps any later in-place transform from writing into the cache.
+    """
+
+    def __call__(self, data):  # noqa: ANN001, ANN204
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = d[key].clone() if hasattr(d[key], "clone") else np.array(d[key], copy=True)
+        return d
+
+
 class HardNegativeMapd(MapTransform):
     """Add ``sampling_key``: 1 = foreground, 2 = hard negative, 0 = any other voxel.
 
@@ -265,11 +281,12 @@ def train_transforms(plan: Plan, task: TaskConfig | None = None):  # noqa: ANN20
             RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, ratios=ratios, num_classes=3,
                                     num_samples=1, indices_key="sampling_idx", warn=False),
             DeleteItemsd("sampling_idx"),
+            OwnMemoryd(keys),
         ]
     else:
         xs = _preprocess(plan)
-        xs.append(RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=samp.pos, neg=samp.neg,
-                                         num_samples=1))
+        xs += [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=samp.pos, neg=samp.neg,
+                                      num_samples=1), OwnMemoryd(keys)]
     return Compose(xs + _augmentations(task.augmentation, keys, patch))
 
 

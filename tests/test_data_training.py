@@ -321,3 +321,37 @@ def test_the_tasks_clip_percentiles_set_the_clip_window(tmp_path):
     wide, narrow = make_plan(wide_fp, task, "cpu"), make_plan(narrow_fp, narrow_task, "cpu")
     assert narrow.intensity.clip[1] == pytest.approx(narrow_fp["foreground"]["clip_values"][1])
     assert 400 < narrow.intensity.clip[1] < wide.intensity.clip[1] - 100
+
+
+@pytest.mark.parametrize("hard_ratio", [1, 0])
+def test_training_dataset_reads_the_cache_without_copying_it_and_never_writes_into_it(tmp_path, hard_ratio):
+    """Draws read the cached case (no per-draw deep copy of a whole scan), and a patch owns its memory:
+    writing into it in place, as an in-place augmentation would, leaves the cache as it was."""
+    import torch
+
+    from medseg.data.datasets import Case
+    from medseg.plan import IntensityPlan, Plan
+    from medseg.training.run import training_dataset
+
+    shape = (40, 40, 24)
+    ct = np.full(shape, -850, np.int16)
+    ct[:, 10:12, 10:12] = 40  # a vessel: hard negatives exist
+    nodule = _sphere(shape, centre=(24, 26, 12), r=4)
+    ct[nodule > 0] = 30
+    _write(tmp_path / "image" / "c.nii.gz", ct)
+    _write(tmp_path / "mask" / "c.nii.gz", nodule)
+    case = Case("d/c", str(tmp_path / "image" / "c.nii.gz"), str(tmp_path / "mask" / "c.nii.gz"), "c", "d", "pairs")
+    plan = Plan(spacing=(1.0, 1.0, 1.0), patch_size=(8, 8, 8),
+                intensity=IntensityPlan(clip=(-1000.0, 1000.0), mean=0.0, std=1000.0))
+    ds = training_dataset([case], plan, _task({"neg": 1, "pos": 1, "hard_negative": {"ratio": hard_ratio}}))
+    assert ds.copy_cache is False
+    cached = ds._cache[0]
+    before = {k: cached[k].clone() for k in ("image", "label")}
+    storage = {k: cached[k].untyped_storage().data_ptr() for k in ("image", "label")}
+    for _ in range(20):
+        (patch,) = ds[0]
+        for k in ("image", "label"):
+            assert patch[k].untyped_storage().data_ptr() != storage[k]
+            patch[k].add_(7.0)  # an in-place write into the patch
+    for k in ("image", "label"):
+        assert torch.equal(cached[k], before[k]), f"the cached {k} changed"

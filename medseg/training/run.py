@@ -338,19 +338,30 @@ def _resampled_voxels(case: Any, spacing: Sequence[float]) -> float:
         return 0.0
 
 
-def _datasets(train_cases: list, val_cases: list, plan: Plan, task: TaskConfig, cache_rate: float,
-              quiet: bool) -> tuple[Any, Any]:
+def training_dataset(cases: Sequence[Any], plan: Plan, task: TaskConfig | None = None, cache_rate: float = 1.0,
+                     quiet: bool = True, copy_cache: bool = False) -> Any:
+    """The training ``CacheDataset``: each case preprocessed once, then random patches per draw.
+
+    ``copy_cache=False``: MONAI's default deep-copies the whole cached case before every draw, which
+    for whole-scan cases (a 3 mm torso CT is 60 M voxels at the plan spacing) cost more than the
+    training step; the crop reads the cache and :class:`~medseg.transforms.OwnMemoryd` copies the
+    patch alone (``benchmarks/train_throughput.py --draws`` measures both).
+    """
     from monai.data import CacheDataset
 
-    from medseg.training.trainer import ValidationCase
     from medseg.transforms import train_transforms
 
-    def items(cs: list) -> list[dict[str, str]]:
-        return [{"image": c.image, "label": c.label, "key": c.key} for c in cs]
-
+    items = [{"image": c.image, "label": c.label, "key": c.key} for c in cases]
     workers = max(1, min(4, (os.cpu_count() or 1)))
-    train_ds = CacheDataset(items(train_cases), train_transforms(plan, task), cache_rate=cache_rate,
-                            num_workers=workers, progress=not quiet)
+    return CacheDataset(items, train_transforms(plan, task), cache_rate=cache_rate, num_workers=workers,
+                        progress=not quiet, copy_cache=copy_cache)
+
+
+def _datasets(train_cases: list, val_cases: list, plan: Plan, task: TaskConfig, cache_rate: float,
+              quiet: bool) -> tuple[Any, Any]:
+    from medseg.training.trainer import ValidationCase
+
+    train_ds = training_dataset(train_cases, plan, task, cache_rate, quiet)
     # validation cases are read as inference reads them: the scan on its own grid, no transforms
     val_ds = [ValidationCase.read(c.image, c.label) for c in val_cases]
     return train_ds, val_ds
