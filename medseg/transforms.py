@@ -9,6 +9,7 @@ a training or validation case is the array ``Predictor`` would feed its sliding 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from monai.transforms import MapTransform
 
 from medseg.plan import IntensityPlan, Plan
@@ -139,7 +140,8 @@ class BinariseLabeld(MapTransform):
 
 
 class OwnMemoryd(MapTransform):
-    """Give each cropped array its own memory (a crop is a view of the cached whole case).
+    """Give each cropped array its own float32 memory (a crop is a view of the cached whole case,
+    whose label is cached as uint8).
 
     Training reads cached cases without MONAI's per-draw deep copy (``copy_cache=False``, see
     :func:`medseg.training.run.training_dataset`): copying a whole-scan case (hundreds of MB at the
@@ -150,7 +152,8 @@ class OwnMemoryd(MapTransform):
     def __call__(self, data):  # noqa: ANN001, ANN204
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = d[key].clone() if hasattr(d[key], "clone") else np.array(d[key], copy=True)
+            v = d[key]
+            d[key] = v.to(torch.float32, copy=True) if isinstance(v, torch.Tensor) else np.array(v, np.float32)
         return d
 
 
@@ -256,7 +259,10 @@ def _preprocess(plan: Plan, hard_negatives: dict | None = None, max_indices: int
             DeleteItemsd("sampling"),
             LesionBalancedIndicesd("label", "sampling_idx", fg_class=1),
         ]
-    xs.append(EnsureTyped(["image", "label"], dtype=np.float32, track_meta=False))
+    # the label is cached as uint8 (a quarter of float32: whole-scan cases are tens of M voxels);
+    # OwnMemoryd makes each training patch float32 again
+    xs += [EnsureTyped("image", dtype=np.float32, track_meta=False),
+           EnsureTyped("label", dtype=np.uint8, track_meta=False)]
     return xs
 
 

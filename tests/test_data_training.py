@@ -325,8 +325,9 @@ def test_the_tasks_clip_percentiles_set_the_clip_window(tmp_path):
 
 @pytest.mark.parametrize("hard_ratio", [1, 0])
 def test_training_dataset_reads_the_cache_without_copying_it_and_never_writes_into_it(tmp_path, hard_ratio):
-    """Draws read the cached case (no per-draw deep copy of a whole scan), and a patch owns its memory:
-    writing into it in place, as an in-place augmentation would, leaves the cache as it was."""
+    """Draws read the cached case (no per-draw deep copy of a whole scan), the label is cached as uint8
+    and drawn as float32, and a patch owns its memory: writing into it in place, as an in-place
+    augmentation would, leaves the cache as it was."""
     import torch
 
     from medseg.data.datasets import Case
@@ -346,10 +347,12 @@ def test_training_dataset_reads_the_cache_without_copying_it_and_never_writes_in
     ds = training_dataset([case], plan, _task({"neg": 1, "pos": 1, "hard_negative": {"ratio": hard_ratio}}))
     assert ds.copy_cache is False
     cached = ds._cache[0]
+    assert cached["label"].dtype == torch.uint8 and cached["image"].dtype == torch.float32  # a quarter of float32
     before = {k: cached[k].clone() for k in ("image", "label")}
     storage = {k: cached[k].untyped_storage().data_ptr() for k in ("image", "label")}
     for _ in range(20):
         (patch,) = ds[0]
+        assert patch["label"].dtype == torch.float32 and set(torch.unique(patch["label"]).tolist()) <= {0.0, 1.0}
         for k in ("image", "label"):
             assert patch[k].untyped_storage().data_ptr() != storage[k]
             patch[k].add_(7.0)  # an in-place write into the patch
