@@ -339,7 +339,7 @@ def _resampled_voxels(case: Any, spacing: Sequence[float]) -> float:
 
 
 def training_dataset(cases: Sequence[Any], plan: Plan, task: TaskConfig | None = None, cache_rate: float = 1.0,
-                     quiet: bool = True, copy_cache: bool = False) -> Any:
+                     quiet: bool = True) -> Any:
     """The training ``CacheDataset``: each case preprocessed once, then random patches per draw.
 
     ``copy_cache=False``: MONAI's default deep-copies the whole cached case before every draw; for
@@ -354,7 +354,7 @@ def training_dataset(cases: Sequence[Any], plan: Plan, task: TaskConfig | None =
     items = [{"image": c.image, "label": c.label, "key": c.key} for c in cases]
     workers = max(1, min(4, (os.cpu_count() or 1)))
     return CacheDataset(items, train_transforms(plan, task), cache_rate=cache_rate, num_workers=workers,
-                        progress=not quiet, copy_cache=copy_cache)
+                        progress=not quiet, copy_cache=False)
 
 
 def _datasets(train_cases: list, val_cases: list, plan: Plan, task: TaskConfig, cache_rate: float,
