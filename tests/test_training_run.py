@@ -132,7 +132,7 @@ def test_init_weights_fine_tunes_from_a_trained_model_with_its_plan(data, tmp_pa
     train("lung_nodule", [data], src, max_epochs=4, device="cpu", steps_per_epoch=3, lr=0.01, **TINY)
     ft.mkdir()
     shutil.copy(src / "splits.json", ft / "splits.json")  # keep the source's held-out patients
-    other = {**TINY, "filters": [4, 8, 16], "patch_size": [8, 8, 8]}  # ignored: the model's plan wins
+    other = {**TINY, "filters": [4, 8, 16], "patch_size": None}  # filters ignored: the model's plan wins
     with caplog.at_level(logging.WARNING, logger="medseg.training"):
         train("lung_nodule", [data], ft, max_epochs=1, device="cpu", steps_per_epoch=3, lr=0.01,
               init_weights=str(src / "best.pt"), **other)
@@ -172,6 +172,30 @@ def test_init_weights_fine_tunes_from_a_trained_model_with_its_plan(data, tmp_pa
         train("lung_nodule", [data], leak, max_epochs=1, device="cpu", steps_per_epoch=1,
               init_weights=str(src / "best.pt"), **TINY)
     assert "no longer hold" in caplog.text
+
+
+def test_fine_tune_trains_on_a_larger_patch_that_fits_the_network(data, tmp_path):
+    """A fully convolutional model can be fine-tuned on larger patches (for larger inference
+    windows); a patch the network's strides do not divide is refused before training starts."""
+    import shutil
+
+    from medseg.training.run import train
+
+    src = tmp_path / "src"
+    train("lung_nodule", [data], src, max_epochs=1, device="cpu", steps_per_epoch=1, **TINY)
+    strides = np.prod(json.loads((src / "plan.json").read_text())["network"]["strides"], axis=0)
+    bigger = [int(s) * 6 for s in strides]
+    for name in ("ft", "bad"):
+        (tmp_path / name).mkdir()
+        shutil.copy(src / "splits.json", tmp_path / name / "splits.json")
+    train("lung_nodule", [data], tmp_path / "ft", max_epochs=1, device="cpu", steps_per_epoch=1,
+          init_weights=str(src / "best.pt"), **{**TINY, "patch_size": bigger})
+    plan = json.loads((tmp_path / "ft" / "plan.json").read_text())
+    assert plan["patch_size"] == bigger
+    assert torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["plan"]["patch_size"] == bigger
+    with pytest.raises(InputError, match="does not fit this network"):
+        train("lung_nodule", [data], tmp_path / "bad", max_epochs=1, device="cpu", steps_per_epoch=1,
+              init_weights=str(src / "best.pt"), **{**TINY, "patch_size": [b + 1 for b in bigger]})
 
 
 def test_validation_dice_is_the_dice_of_the_shipped_path(data, tmp_path, capsys):

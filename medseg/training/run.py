@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from medseg.errors import InputError
@@ -208,7 +209,8 @@ def _splits(run_dir: Path, cases: list, folds: int, seed: int) -> dict[str, Any]
 
 
 def _fine_tune_plan(init: dict[str, Any], task: TaskConfig, ov: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tuning keeps the model's own plan (spacing, intensities, network).
+    """Fine-tuning keeps the model's own plan (spacing, intensities, network); a ``patch_size``
+    override is honoured, as the network is fully convolutional.
 
     How to run the model (overlap, threshold...) is the task's to say, not the weights'; and a
     candidate classifier fits the old weights' probabilities only: new weights need a new
@@ -219,9 +221,25 @@ def _fine_tune_plan(init: dict[str, Any], task: TaskConfig, ov: dict[str, Any]) 
                            "candidate_classifier": None}
     if ov.get("batch_size"):
         plan_d["batch_size"] = int(ov["batch_size"])
+    if ov.get("patch_size"):
+        plan_d["patch_size"] = _fine_tune_patch(ov["patch_size"], plan_d["network"]["strides"], ov["init_weights"])
     if ov.get("norm_name"):
         plan_d["network"] = {**plan_d["network"], "norm_name": str(ov["norm_name"])}
     return plan_d
+
+
+def _fine_tune_patch(patch: Sequence[int], strides: Sequence[Sequence[int]], model: str | os.PathLike[str]) -> list[int]:
+    """A new patch for the same network: fully convolutional, so any multiple of its total stride.
+
+    Training on patches larger than the first run's is how a model is taught the context (and
+    the window-placement independence) that larger inference windows need.
+    """
+    step = np.prod(np.array(strides, dtype=int), axis=0)
+    patch = [int(p) for p in patch]
+    if len(patch) != 3 or any(p < s or p % s for p, s in zip(patch, step)):
+        raise InputError(Path(model), f"--patch-size {patch} does not fit this network: "
+                                      f"it needs multiples of {step.tolist()}")
+    return patch
 
 
 def _fingerprint_plan(run_dir: Path, train_cases: list, task: TaskConfig, dev: torch.device, ov: dict[str, Any],
