@@ -79,7 +79,7 @@ def train(
     """
     from medseg.data.datasets import read_datasets
     from medseg.data.splits import fold_cases
-    from medseg.training.distributed import cleanup_distributed
+    from medseg.training.distributed import barrier, cleanup_distributed
     from medseg.training.trainer import Trainer
 
     ov = _options(overrides)
@@ -115,7 +115,11 @@ def train(
             if dist_info.is_main:
                 log.info("resumed from %s at epoch %d step %d (%.0fs trained)", run_dir / "last.pt", trainer.epoch,
                          trainer.step, trainer.elapsed)
-        return trainer.fit()
+        result = trainer.fit()
+        # every rank leaves its last collective before any tears the group down: a gloo rank
+        # destroyed while rank 0 still writes the final files can abort rank 0 at exit
+        barrier(dist_info)
+        return result
     finally:
         cleanup_distributed()
 
