@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="training device (default auto); under torchrun each process takes its local rank's GPU")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from last.pt")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--patch-size", type=_ints, default=None, metavar="X,Y,Z", help="override the planned patch size")
+    p.add_argument("--patch-size", type=_ints, default=None, metavar="X,Y,Z", help="override the planned patch size (with --init-weights: a multiple of the model's total stride)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--filters", type=_ints, default=None, metavar="F1,F2,...",
                    help="filters per level (one number = first level, doubled per level)")

@@ -130,7 +130,8 @@ def network_topology(
     return strides, kernels
 
 
-def _divisors(strides: Sequence[Sequence[int]]) -> list[int]:
+def total_strides(strides: Sequence[Sequence[int]]) -> list[int]:
+    """The network's total downsampling per axis: every patch or window size must be a multiple."""
     return [int(np.prod([s[a] for s in strides])) for a in range(3)]
 
 
@@ -141,7 +142,7 @@ def fit_patch(
     patch = [int(math.ceil(min(max(w, a), b))) for w, a, b in zip(wanted, lo, hi)]
     for _ in range(6):
         strides, kernels = network_topology(patch, spacing, net)
-        div = _divisors(strides)
+        div = total_strides(strides)
         new = []
         for p, d, b in zip(patch, div, hi):
             up = int(math.ceil(p / d) * d)
@@ -259,7 +260,7 @@ def _batch_size(layout: _Layout, spacing: Sequence[float], cfg: PatchTask, devic
         if batch >= 2 or "patch_size" in ov:
             break
         # too big for the GPU: shrink the physically longest axis by one stride step
-        div = _divisors(layout.strides)
+        div = total_strides(layout.strides)
         ax = int(np.argmax(np.array(patch) * np.array(spacing)))
         if patch[ax] - div[ax] < max(div[ax], 8):
             break

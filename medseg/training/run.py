@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from medseg.errors import InputError
@@ -238,11 +237,13 @@ def _fine_tune_patch(patch: Sequence[int], strides: Sequence[Sequence[int]], mod
     Training on patches larger than the first run's is how a model is taught the context (and
     the window-placement independence) that larger inference windows need.
     """
-    step = np.prod(np.array(strides, dtype=int), axis=0)
+    from medseg.data.planning import total_strides
+
+    step = total_strides(strides)
     patch = [int(p) for p in patch]
     if len(patch) != 3 or any(p < s or p % s for p, s in zip(patch, step)):
         raise InputError(Path(model), f"--patch-size {patch} does not fit this network: "
-                                      f"it needs multiples of {step.tolist()}")
+                                      f"it needs multiples of {step}")
     return patch
 
 
