@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in results.values():
         r["scans_per_min"] = 60.0 * n / r["seconds"]
         r["speedup_vs_loop"] = base / r["seconds"]
+    from medseg.models.device import describe_machine
     facts = {"benchmark": "batch_throughput", "quick": args.quick, "cases": n, "shape": list(shape),
              "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
              "model": "random tiny" if args.quick and not args.model else Path(model).name,
-             "results": {k: {m: round(v, 3) for m, v in r.items()} for k, r in results.items()}}
+             "results": {k: {m: round(v, 3) for m, v in r.items()} for k, r in results.items()},
+             "machine": describe_machine().to_dict()}
     if args.json:
         print(json.dumps(facts))
     else:

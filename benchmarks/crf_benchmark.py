@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
 
     without = np.array([r["without"] for r in rows])
+    from medseg.models.device import describe_machine
     result = {
         "source": source,
         "model": model if source == "model" else None,
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "dice_without_crf": round(float(without.mean()), 4),
         "dice_median_without_crf": round(float(np.median(without)), 4),
         "crf": {},
+        "machine": describe_machine().to_dict(),
     }
     for b in per_backend:
         with_ = np.array([r[b] for r in rows])

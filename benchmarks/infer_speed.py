@@ -424,6 +424,9 @@ def make_scan(args: argparse.Namespace, work: str) -> tuple[str, dict[str, Any]]
 
 
 def print_table(result: dict[str, Any]) -> None:
+    from medseg.models.device import MachineInfo
+
+    print(MachineInfo(**result["machine"]).line())
     if result["mode"] == "windows":
         print(f"{result['n_windows']} windows {result['window']} (batch {result['batch']}), "
               f"model {result['model']}, {result['threads']} threads, scan {result['scan']}")
@@ -463,9 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         bench = windows_bench(args, ct_path, model, combos) if args.windows else whole_scan(
             args, ct_path, model, work, combos)
     variant = f"random-weights filters={args.filters or 'plan'} res_block={bool(args.res_block)}"
+    from medseg.models.device import describe_machine
     result = {**facts, **bench, "model": variant if args.random_weights else model,
               "threads": args.threads, "calibration": args.calibration or "the benchmarked scan",
-              "skipped": skipped}
+              "skipped": skipped, "machine": describe_machine().to_dict()}
     if args.json:
         print(json.dumps(result))
     else:

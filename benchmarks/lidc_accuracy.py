@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.thick_slices import coarsen
+from medseg.models.device import describe_machine
 
 SIZE_BINS = (("lt6mm", 0.0, 6.0), ("6to10mm", 6.0, 10.0), ("gt10mm", 10.0, float("inf")))
 
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         **summarise(rows, "model"),
         "baseline": summarise(rows, "baseline"),
         "seconds_per_crop": round(seconds / len(rows), 4),
+        "machine": describe_machine().to_dict(),
     }
     held = [r for r in rows if r["patient"] in held_out]
     if held:

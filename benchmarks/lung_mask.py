@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shared real data not found at {SHARED}", file=sys.stderr)
         return 2
     chest = read_volume(SHARED / "real_chest" / "chest_ct_5mm_mass.nrrd")
-    result = {"benchmark": "lung_mask", **timing(chest, 1 if args.quick else 5), **agreement(chest)}
+    from medseg.models.device import describe_machine
+    result = {"benchmark": "lung_mask", **timing(chest, 1 if args.quick else 5), **agreement(chest),
+              "machine": describe_machine().to_dict()}
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0
 

@@ -158,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     curves = {key: froc([c[key] for c in scored], [c["hits_big"] for c in scored], n_big, len(scans))
               for key in ("confidence", "mean", "peak")}
     at_cut = _at_cut(cands, n_big, len(scans), cut)
+    from medseg.models.device import describe_machine
     result = {
         "scans": len(scans),
+        "machine": describe_machine().to_dict(),
         "shape": list(args.shape),
         "spacing": list(args.spacing),
         "model": args.model or "bundled",

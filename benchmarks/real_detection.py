@@ -454,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
              for p in args.no_nodule]
     fitted = segmenter.plan.inference.candidate_classifier
     rescore(scans + [real] + clean, CandidateClassifier.from_dict(fitted) if fitted else None)
+    from medseg.models.device import describe_machine
     result = {
         "benchmark": "real_detection", "model": args.model or "bundled", "work_dir": str(work),
         "settings": {"precision": args.precision or "plan", "runtime": args.runtime, "overlap": args.overlap,
@@ -471,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "lung_mask_dice": lung_mask_dice(SHARED),
         "seconds_per_scan": round(float(np.mean([s.seconds for s in scans + [real] + clean])), 1),
         "elapsed_s": round(time.perf_counter() - t0, 1),
+        "machine": describe_machine().to_dict(),
     }
     if args.failures:
         result["failure_previews"] = write_failures(scans, {n: img for n, img, _, _ in hybrids}, args.min_mm, cut,

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.models.device import describe_machine
 from medseg.models.precision import cpu_has_native_bf16
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc_nodule_vois"
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             precisions = ["fp32"] + (["bf16"] if d == "cuda" or cpu_has_native_bf16() else [])
             for prec in precisions:  # the same data and model size, one after the other
                 results.append(measure(torch.device(d), data, cases, steps if d == "cpu" else steps * 5, workers, prec))
-    out = {"benchmark": "train_throughput", "data": str(data), "results": results}
+    out = {"benchmark": "train_throughput", "data": str(data), "results": results,
+           "machine": describe_machine().to_dict()}
     by = {(r["device"], r["precision"]): r for r in results}
     for d in devices:
         if (d, "bf16") in by:  # the ratio against fp32 measured in this process
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out))
     else:
+        print(describe_machine().line())
         for r in results:
             print(f"{r['device']} {r['precision']}: loader {r['loader_patches_per_s']} patches/s, cached tensors "
                   f"{r['cached_patches_per_s']} patches/s, loader overhead x{r['loader_overhead']} "

@@ -186,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         if not args.json:
             print("  ".join(f"{k}={v}" for k, v in asdict(row).items()), flush=True)
+    from medseg.models.device import describe_machine
     result = {"benchmark": "window_overlap", "scan": Path(args.scan).name, "model": args.model or "bundled",
               "precision": args.precision or "plan", "runtime": args.runtime, "receptive_field": list(field),
               "rows": [asdict(r) for r in rows],
-              "elapsed_s": round(time.perf_counter() - t0, 1)}
+              "elapsed_s": round(time.perf_counter() - t0, 1), "machine": describe_machine().to_dict()}
     if args.json:
         print(json.dumps(result))
     return 0

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("pydensecrf.densecrf", reason="CRF refinement needs the optional pydensecrf2")
 
@@ -26,6 +27,8 @@ def test_quick_blurred_gt_run(capsys):
     figures = out["crf"]["pydensecrf"]
     assert 0 <= out["dice_without_crf"] <= 1 and 0 <= figures["dice_with_crf"] <= 1
     assert figures["crf_seconds_per_nodule_mean"] > 0
+    # its seconds are only comparable with the machine they came from
+    assert out["machine"]["cpu_capability"] == str(torch.backends.cpu.get_cpu_capability())
     # the held-out crops are the last patients by id, never the first ones
     patients = sorted({p.name[:14] for p in (DATA / "image").glob("*.nii.gz")})
     assert set(bench.validation_patients(patients, None)[0]) == set(patients[int(0.8 * len(patients)):])

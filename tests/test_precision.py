@@ -54,3 +54,17 @@ def test_autocast_context_runs_bf16_on_cpu_and_nothing_for_fp32() -> None:
     assert y.dtype == torch.bfloat16
     with autocast(torch.device("cpu"), None):
         assert lin(torch.ones(2, 4)).dtype == torch.float32
+
+
+def test_machine_description_names_what_speed_figures_depend_on(monkeypatch) -> None:
+    from medseg.models.device import describe_machine
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    info = describe_machine()
+    assert info.native_bf16 is False and "auto runs fp32" in info.line()
+    assert info.cpu_capability == str(torch.backends.cpu.get_cpu_capability())
+    assert info.torch_threads == torch.get_num_threads() and info.torch_version == torch.__version__
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert describe_machine().native_bf16 is True and "native bf16" in describe_machine().line()
+    assert set(info.to_dict()) == {"cpu", "cpu_capability", "native_bf16", "torch_threads", "torch_version",
+                                   "cuda_device"}

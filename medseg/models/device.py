@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 import re
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -24,3 +26,55 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise InputError(None, f"--device {device} requested but this machine has "
                                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return torch.device(device)
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """What a speed figure depends on: recorded beside every benchmark's timings.
+
+    The same command runs about four times slower on a 2-core AVX2 CPU than on an AVX-512 one
+    with native bf16 (where ``precision: auto`` also switches to bf16), so a figure without the
+    machine it came from cannot be compared with another.
+    """
+
+    cpu: str  #: the CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)
+    cpu_capability: str  #: the widest vector ISA torch dispatches to (``AVX512``, ``AVX2``, ...)
+    native_bf16: bool  #: whether ``precision: auto`` runs bf16 on this CPU
+    torch_threads: int
+    torch_version: str
+    cuda_device: str | None  #: the first CUDA device's name, or None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line for a benchmark's printed table."""
+        bf16 = "native bf16" if self.native_bf16 else "no native bf16 (auto runs fp32)"
+        gpu = f", GPU {self.cuda_device}" if self.cuda_device else ""
+        return (f"machine: {self.cpu}, {self.cpu_capability}, {bf16}, {self.torch_threads} torch threads, "
+                f"torch {self.torch_version}{gpu}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine() -> MachineInfo:
+    """The facts about this machine that a benchmark's speed figures depend on."""
+    from medseg.models.precision import cpu_has_native_bf16
+
+    return MachineInfo(
+        cpu=_cpu_model(),
+        cpu_capability=str(torch.backends.cpu.get_cpu_capability()),
+        native_bf16=cpu_has_native_bf16(),
+        torch_threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        cuda_device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    )
