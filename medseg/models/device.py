@@ -1,4 +1,4 @@
-"""Which torch device to run on: one rule for training and inference."""
+"""Which torch device to run on (one rule for training and inference), and what the machine is."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 class MachineInfo:
     """What a speed figure depends on: recorded beside every benchmark's timings.
 
-    The same command runs about four times slower on a 2-core AVX2 CPU than on an AVX-512 one
-    with native bf16 (where ``precision: auto`` also switches to bf16), so a figure without the
-    machine it came from cannot be compared with another.
+    The same command ran 2.4x (a network window) to 5x (a training step) slower on a 2-core AVX2
+    CPU than on an AVX-512 one with native bf16 (where ``precision: auto`` also switches to bf16),
+    so a figure without the machine it came from cannot be compared with another.
     """
 
     cpu: str  #: the CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)
@@ -55,23 +55,12 @@ class MachineInfo:
                 f"torch {self.torch_version}{gpu}")
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def describe_machine() -> MachineInfo:
     """The facts about this machine that a benchmark's speed figures depend on."""
-    from medseg.models.precision import cpu_has_native_bf16
+    from medseg.models.precision import cpu_has_native_bf16, cpuinfo_value
 
     return MachineInfo(
-        cpu=_cpu_model(),
+        cpu=cpuinfo_value("model name") or platform.processor() or platform.machine(),
         cpu_capability=str(torch.backends.cpu.get_cpu_capability()),
         native_bf16=cpu_has_native_bf16(),
         torch_threads=torch.get_num_threads(),

@@ -17,15 +17,24 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+@functools.lru_cache(maxsize=8)
+def cpuinfo_value(key: str) -> str | None:
+    """The first CPU's ``key`` line of ``/proc/cpuinfo`` (``flags``, ``model name``); None where absent."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 instructions (from ``/proc/cpuinfo``; False where it is absent)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    words = set(flags.split())
+    words = set((cpuinfo_value("flags") or "").split())
     return any(f in words for f in _CPU_BF16_FLAGS)
 
 
