@@ -44,7 +44,8 @@ import numpy as np
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: the component features a candidate classifier reads (see medseg.postprocess.candidates.FEATURES)
 CLASSIFIER_INPUTS = ("mean_probability", "max_probability", "equivalent_diameter_mm", "elongation", "flatness",
-                     "mean_hu", "std_hu", "shell_dense", "lung_contact", "prob_blobness", "hu_blobness")
+                     "mean_hu", "std_hu", "shell_dense", "lung_contact", "prob_blobness", "hu_blobness",
+                     "coarse_mean_probability", "coarse_max_probability")
 SIZE_BINS = ((3, 5, "3-5mm"), (5, 10, "5-10mm"), (10, 20, "10-20mm"), (20, 30, "20-30mm"), (30, 1e9, ">=30mm"))
 
 
@@ -288,7 +289,9 @@ def cache_key(args: argparse.Namespace, payload: dict) -> str:
     h = hashlib.sha256(weights_digest(payload["state_dict"]).encode())
     plan = {k: v for k, v in (payload.get("plan", {}).get("inference") or {}).items()
             if k not in ("candidate_classifier", "min_confidence")}
-    settings = [args.precision, args.no_crf, args.no_masses, args.overlap, args.window, args.tta, args.runtime, plan]
+    # "coarse": the candidates carry the coarse pass's features (caches made before them do not)
+    settings = [args.precision, args.no_crf, args.no_masses, args.overlap, args.window, args.tta, args.runtime, plan,
+                "coarse"]
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -435,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="real_detection_"))
     segmenter = Segmenter(InferenceSettings(model=args.model, device="cpu", quiet=True, preview=False,
                                             min_confidence=0.0, precision=args.precision, overlap=args.overlap, window=args.window, tta=args.tta, runtime=args.runtime,
-                                            crf=False if args.no_crf else None, masses=not args.no_masses))
+                                            crf=False if args.no_crf else None, masses=not args.no_masses,
+                                            coarse_features=True))
     cut = float(segmenter.plan.inference.min_confidence if args.min_confidence is None else args.min_confidence)
     cache = work / "candidates" / cache_key(args, load_checkpoint_dict(args.model or BUNDLED_MODEL))
     t0 = time.perf_counter()

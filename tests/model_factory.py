@@ -1,8 +1,9 @@
-"""Small shared test inputs: a tiny 3-level DynUNet plan and a chest-like HU array."""
+"""Small shared test inputs: a tiny 3-level DynUNet plan, a chest-like HU array and an HU "oracle" network."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from medseg.plan import NetworkPlan, Plan
 
@@ -25,3 +26,12 @@ def chest_hu(seed: int = 0, shape: tuple[int, int, int] = (32, 32, 16)) -> np.nd
         hu[((x - cx) / 0.35) ** 2 + (y / 0.55) ** 2 + (z / 0.9) ** 2 < 1] = -850
     hu[((x + 0.45) * shape[0]) ** 2 + (y * shape[1]) ** 2 + (z * shape[2]) ** 2 < 16] = 30
     return (hu + rng.normal(0, 15, shape)).astype(np.int16)
+
+
+class HUOracle(torch.nn.Module):
+    """Logits [background, nodule] with the nodule logit rising above -300 HU (normalised 0.5): where a
+    test checks geometry or plumbing rather than a trained network, dense structures light up."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = 8.0 * (x - 0.5)
+        return torch.cat([torch.zeros_like(d), d], dim=1)

@@ -28,6 +28,7 @@ def candidate(nodule: bool, rng: np.random.Generator) -> dict:
         "lung_contact": rng.uniform(0.3, 1.0),
         "prob_blobness": rng.uniform(0.2, 0.7),
         "hu_blobness": rng.uniform(0.2, 0.7),
+        "coarse_max_probability": rng.uniform(0.5, 1.0),  # says nothing here (see the coarse-agreement test)
     }
 
 
@@ -72,6 +73,35 @@ def test_cut_is_chosen_out_of_fold_for_the_target_fp_rate():
     assert oof["cpm"] > oof["cpm_mean_probability"]
     with pytest.raises(ValueError, match="two scans"):
         fit_fp_reduction(synthetic_scans(1))
+
+
+def test_coarse_agreement_scales_the_score_and_its_cut_is_chosen_on_the_scaled_scores():
+    """Where the fine features cannot tell nodules from false positives but the coarse pass can (real
+    lung), multiplying by the coarse peak probability must rank better out of fold, and the cut
+    must be chosen on those products (a cut chosen on the plain regression would not fit them)."""
+    rng = np.random.default_rng(3)
+    scans = synthetic_scans(8, seed=3)
+    for s in scans:
+        for c in s.candidates:
+            c.update(candidate(True, rng))  # nodules and false positives alike in every fine feature
+            c["coarse_max_probability"] = rng.uniform(0.8, 1.0) if c["hits"] else rng.uniform(0.0, 0.05)
+    plain = fit_fp_reduction(scans, 1.0, folds=4, coarse_agreement=0.0)
+    agree = fit_fp_reduction(scans, 1.0, folds=4, coarse_agreement=0.5)
+    assert agree.report["out_of_fold"]["cpm"] > plain.report["out_of_fold"]["cpm"] + 0.3
+    assert agree.report["out_of_fold"]["sensitivity"] == pytest.approx(0.75)  # every found nodule
+    clf = agree.classifier
+    assert clf.coarse_agreement == 0.5 and clf.inputs == [*clf.features, "coarse_max_probability"]
+    c = scans[0].candidates[0]
+    lr = CandidateClassifier(**{**clf.to_dict(), "coarse_agreement": 0.0}).score(c)
+    assert clf.score(c) == pytest.approx(lr * c["coarse_max_probability"] ** 0.5)
+    scores = [clf.score(c) for s in scans for c in s.candidates]
+    hits = [bool(c["hits"]) for s in scans for c in s.candidates]
+    kept = [h for sc, h in zip(scores, hits) if sc >= agree.min_confidence]
+    assert sum(kept) == sum(hits) and len(kept) - sum(kept) <= len(scans), "the cut lies between the classes"
+    assert CandidateClassifier.from_dict(clf.to_dict()) == clf
+    old = {k: v for k, v in plain.classifier.to_dict().items() if k != "coarse_agreement"}
+    assert CandidateClassifier.from_dict(old).coarse_agreement == 0.0, "checkpoints from before load unchanged"
+    assert clf.score({k: v for k, v in c.items() if k != "coarse_max_probability"}) is None
 
 
 def test_scan_candidates_records_which_true_nodules_each_component_hits():
@@ -166,7 +196,8 @@ class _CountingSegmenter:
         labels = np.zeros(image.shape, np.int32)
         labels[4:9, 4:9, 4:9] = 1
         prob = labels.astype(np.float32) * 0.9
-        return SimpleNamespace(searched=True, labels=labels, lungs=None, probability_full=lambda: prob)
+        return SimpleNamespace(searched=True, labels=labels, lungs=None, probability_full=lambda: prob,
+                               coarse=None)
 
 
 def test_cached_candidates_are_reused_only_for_the_same_weights_and_settings(tmp_path):

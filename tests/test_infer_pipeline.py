@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_factory import HUOracle
 
 from medseg.cli import main as cli_main
 from medseg.errors import InputError
@@ -48,14 +49,6 @@ def tiny_ckpt(tmp_path_factory) -> Path:
                             strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], deep_supr_num=1),
     )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", build_network(plan.network), plan)
-
-
-class HUOracle(torch.nn.Module):
-    """Logits [background, nodule] with the nodule logit rising above -300 HU (normalised 0.5)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = 8.0 * (x - 0.5)
-        return torch.cat([torch.zeros_like(d), d], dim=1)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ from medseg.errors import InputError
 STEPS = ["discover", "segment", "summarise"]
 #: InferenceSettings fields a pipeline may set (mirrors medseg.inference.pipeline.InferenceSettings).
 INFERENCE_KEYS = ("model", "device", "tta", "overlap", "window", "min_confidence", "save_probabilities", "lung_mask", "crf",
-                  "dicom_seg", "preview", "on_no_lung", "masses", "precision", "runtime", "output_format")
+                  "dicom_seg", "preview", "on_no_lung", "masses", "coarse_features", "precision", "runtime",
+                  "output_format")
 EXECUTION_KEYS = ("workers", "scheduler", "cluster")
 TOP_KEYS = ("pipeline", "version", "description", "steps", "input", "output", "inference", "execution")
 CLUSTER_TYPES = ("local", "slurm", "pbs", "sge", "lsf", "htcondor", "moab", "oar")
@@ -46,7 +47,7 @@ def default_pipeline() -> dict[str, Any]:
         "output": None,
         "inference": {"model": None, "device": "auto", "tta": False, "overlap": None, "window": None, "min_confidence": None,
                       "save_probabilities": False, "lung_mask": True, "crf": None, "dicom_seg": True,
-                      "preview": True, "on_no_lung": "fail", "masses": True, "precision": None,
+                      "preview": True, "on_no_lung": "fail", "masses": True, "coarse_features": False, "precision": None,
                       "runtime": "torch", "output_format": "nii.gz"},
         "execution": {"workers": None, "scheduler": None, "cluster": None},
     }

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from medseg.cli._common import add_output_option, device_name, require_output, window_size
+from medseg.postprocess.candidates import COARSE_AGREEMENT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sliding-window size in plan voxels to fit for (default: the model plan's); kept in the output's plan")
     p.add_argument("--overlap", type=float, default=None,
                    help="sliding-window overlap to fit for (default: the model plan's); kept in the output's plan")
+    p.add_argument("--coarse-agreement", type=float, default=COARSE_AGREEMENT, metavar="A",
+                   help="multiply each candidate's P(nodule) by the coarse pass's peak probability over it to the "
+                        "power A (default %(default)s; 0 = off)")
     p.add_argument("--work-dir", default=None, help="keep per-scan outputs here (resumable); default: a temp folder")
     p.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|cuda:N")
     p.add_argument("--quiet", action="store_true", help="only the result line")
@@ -44,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     out = require_output(args)
     problem = ("give --data folders or --phantoms 2 or more" if not args.data and args.phantoms < 2
-               else "--target-fp must be positive" if args.target_fp <= 0 else None)
+               else "--target-fp must be positive" if args.target_fp <= 0
+               else "--coarse-agreement must be 0 or more" if args.coarse_agreement < 0
+               else None)
     if problem:
         print(f"medseg train-fp: {problem}", file=sys.stderr)
         return 2
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, out, data=args.data, phantoms=args.phantoms, seed=args.seed, shape=tuple(args.shape),
         spacing=tuple(args.spacing), target_fp_per_scan=args.target_fp, min_mm=args.min_mm,
         work_dir=args.work_dir, device=args.device, window=args.window, overlap=args.overlap,
+        coarse_agreement=args.coarse_agreement,
     )
     print(json.dumps({"out": out, **res.report}))
     return 0

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.inference.lung_mask import LungMaskResult, bounding_box
-from medseg.inference.predictor import Predictor
+from medseg.inference.predictor import GridPrediction, Predictor
 from medseg.io.volume import Volume
 from medseg.plan import InferencePlan
 from medseg.postprocess.components import equivalent_diameter_mm
@@ -52,16 +52,26 @@ def coarse_predictor(predictor: Predictor, scale: float) -> Predictor:
                      runtime=predictor.runtime)
 
 
-def find_masses(predictor: Predictor, volume: Volume, lungs: LungMaskResult, settings: InferencePlan) -> list[Mass]:
+def coarse_pass(predictor: Predictor, volume: Volume, lungs: LungMaskResult, scale: float) -> GridPrediction | None:
+    """The network over the lung field on the grid ``scale`` times coarser (``None`` when off or
+    there is no field). Masses are found in it, and every fine candidate reads its probability
+    there as a feature (what the network says with twice the context)."""
+    if scale <= 0 or lungs.field is None or not lungs.field.any():
+        return None
+    return coarse_predictor(predictor, scale).predict_grid(volume, lungs.field)
+
+
+def find_masses(predictor: Predictor, volume: Volume, lungs: LungMaskResult, settings: InferencePlan,
+                grid: GridPrediction | None = None) -> list[Mass]:
     """Masses in ``volume``: components of the coarse pass over the lung field that pass the size and
-    lung-contact tests, refined on the input grid.
+    lung-contact tests, refined on the input grid. ``grid``: that pass, when already run
+    (:func:`coarse_pass`); else it is run here.
 
     Components are found and tested on the coarse plan grid itself (an eighth of the input's voxels
     for the bundled model), and only the accepted ones are brought back to the input grid: the pass
     never holds an input-sized array (it did, and doubled the peak memory of a 512x512x300 scan)."""
-    if settings.mass_scale <= 0 or lungs.field is None or not lungs.field.any():
-        return []
-    grid = coarse_predictor(predictor, settings.mass_scale).predict_grid(volume, lungs.field)
+    if grid is None:
+        grid = coarse_pass(predictor, volume, lungs, settings.mass_scale)
     if grid is None:
         return []
     geo, spacing = grid.geo, grid.geo.grid.target  # plan-grid axes and their voxel size (mm)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medseg.inference.lung_mask import LungMaskResult
-from medseg.inference.predictor import Predictor, RoiPrediction
+from medseg.inference.predictor import GridPrediction, Predictor, RoiPrediction
 from medseg.io import Volume, as_volume, read_volume
 from medseg.io import case_name as _strip_extension
 
@@ -51,7 +51,10 @@ class InferenceSettings:
     quiet: bool = False
     #: a CT with no plausible lung: "fail" (status no_lung, no search) or "search_body"
     on_no_lung: str = "fail"
-    masses: bool = True  # the coarse mass pass (when the model's plan has one)
+    masses: bool = True  # report masses from the coarse pass (when the model's plan has one)
+    #: measure every candidate's coarse_* features (running the coarse pass for them) even where the
+    #: model's classifier does not read them: for fitting (train-fp) or re-scoring (benchmarks) one
+    coarse_features: bool = False
     precision: str | None = None  # auto|fp32|bf16|fp16; None = the model plan's
     runtime: str = "torch"  # torch|onnxruntime|openvino: what runs the network (medseg.models.runtime)
     output_format: str = "nii.gz"  # image files: nii.gz|nrrd|mha (medseg.io.writers.OUTPUT_FORMATS)
@@ -70,6 +73,7 @@ class Segmentation:
     lung_volume_ml: float | None = None
     probability: RoiPrediction | None = None  # the fine pass's probabilities (when kept)
     features: list[dict[str, Any]] = field(default_factory=list)  # every candidate's features
+    coarse: GridPrediction | None = None  # the coarse pass (when kept with the probabilities)
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     #: known-nodule mode: one row per given point (found or not, and its measurements)
@@ -184,15 +188,32 @@ class Segmenter:
         seg = self._search(volume, lungs, timings, progress)
         seg.status, seg.warnings = status, warnings + seg.warnings
         if not (self.settings.save_probabilities if keep_probabilities is None else keep_probabilities):
-            seg.probability = None
+            seg.probability = seg.coarse = None
         return seg
+
+    def wants_coarse_pass(self) -> bool:
+        """Whether whole scans get the coarse pass: for masses, or for the candidates' coarse_*
+        features (when the classifier reads them, or with ``coarse_features``)."""
+        from medseg.postprocess.candidates import COARSE_FEATURES, CandidateClassifier
+
+        if self.plan.inference.mass_scale <= 0:
+            return False
+        classifier = self.plan.inference.candidate_classifier
+        reads = bool(classifier) and bool(set(COARSE_FEATURES) & set(CandidateClassifier.from_dict(classifier).inputs))
+        return self.settings.masses or self.settings.coarse_features or reads
 
     def _search(self, volume: Volume, lungs: LungMaskResult | None, timings: dict[str, float],
                 progress: Any) -> Segmentation:
+        from medseg.inference.masses import coarse_pass
         from medseg.postprocess import postprocess
 
         whole_scan = lungs is not None and self.settings.lung_mask
         mask = lungs.mask if lungs is not None else None
+        coarse = None
+        if whole_scan and self.wants_coarse_pass():
+            t = time.perf_counter()
+            coarse = coarse_pass(self.predictor, volume, lungs, self.plan.inference.mass_scale)
+            timings["coarse_pass_s"] = time.perf_counter() - t
         t = time.perf_counter()
         roi = self.predictor.predict_roi(volume, mask, progress=progress)
         timings["network_s"] = time.perf_counter() - t
@@ -200,24 +221,29 @@ class Segmenter:
         labels = np.zeros(volume.shape, np.uint16)
         lab_roi, features = postprocess(roi.probability, np.asarray(volume.array[roi.box]), volume.spacing,
                                         lung_mask=None if mask is None else mask[roi.box],
-                                        settings=self.postprocess_settings(whole_scan))
+                                        settings=self.postprocess_settings(whole_scan),
+                                        context=None if coarse is None else _shifted(coarse.on_input, roi.box))
         labels[roi.box] = lab_roi
         features = [_on_input_grid(f, roi.box) for f in features]
         timings["postprocess_s"] = time.perf_counter() - t
         if whole_scan and self.settings.masses:
             t = time.perf_counter()
-            labels, features = self._add_masses(volume, lungs, labels, features)
+            labels, features = self._add_masses(volume, lungs, labels, features, coarse)
             timings["mass_pass_s"] = time.perf_counter() - t
         nodules = self._measure(volume, labels, roi, features)
         return Segmentation(volume, labels, None if lungs is None else lungs.mask, nodules, STATUS_OK, [],
-                            None if lungs is None else lungs.volume_ml, roi, features, dict(roi.stats), timings)
+                            None if lungs is None else lungs.volume_ml, roi, features, coarse,
+                            dict(roi.stats), timings)
 
     def _add_masses(self, volume: Volume, lungs: LungMaskResult, labels: np.ndarray,
-                    features: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                    features: list[dict[str, Any]], coarse: GridPrediction | None,
+                    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Masses from the coarse pass replace the fine components they overlap."""
         from medseg.inference.masses import find_masses
 
-        masses = find_masses(self.predictor, volume, lungs, self.plan.inference)
+        if coarse is None:
+            return labels, features
+        masses = find_masses(self.predictor, volume, lungs, self.plan.inference, coarse)
         if not masses:
             return labels, features
         remap = np.arange(int(labels.max()) + 1, dtype=np.uint16)
@@ -263,7 +289,7 @@ class Segmenter:
         nodules = self._measure(volume, labels, empty, [])
         missed = sum(not r.found for r in results)
         warnings = [f"{missed} of {len(results)} seed points have no nodule"] if missed else []
-        return Segmentation(volume, labels, None, nodules, STATUS_OK, warnings, None, None, [], {},
+        return Segmentation(volume, labels, None, nodules, STATUS_OK, warnings, None, None, [], None, {},
                             {"seeds_s": time.perf_counter() - t}, seed_rows(results, nodules))
 
     # ----------------------------------------------------------------- files
@@ -401,6 +427,13 @@ def segment(image: Any, keep_probabilities: bool = False, **settings: Any) -> Se
         _SEGMENTERS.clear()  # one model in memory at a time
         _SEGMENTERS[key] = Segmenter(InferenceSettings(**{"quiet": True, **settings}))
     return _SEGMENTERS[key].segment(image, keep_probabilities=keep_probabilities)
+
+
+def _shifted(read: Any, box: tuple[slice, ...]) -> Any:
+    """``read`` (boxes of the input grid) for boxes given relative to ``box``, as postprocessing,
+    which runs inside the lung box, asks."""
+    start = [s.start or 0 for s in box]
+    return lambda b: read(tuple(slice(s.start + o, s.stop + o) for s, o in zip(b, start)))
 
 
 def _on_input_grid(feature: dict[str, Any], box: tuple[slice, ...]) -> dict[str, Any]:

@@ -80,6 +80,27 @@ class GridPrediction:
     geo: GridBox
     stats: dict[str, Any] = field(default_factory=dict)
 
+    def on_input(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        """The probability brought back onto ``box`` (slices of the input grid) alone, as
+        ``geo.to_input`` gives it there, without resampling the whole grid; zero outside ``geo``."""
+        out = np.zeros([b.stop - b.start for b in box], np.float32)
+        grid = self.geo.grid
+        # covering() holds the plan voxels on both sides of every input voxel: what trilinear reads
+        k = [(max(k0, g0), min(k1, g1)) for (k0, k1), (g0, g1) in zip(grid.covering(box), self.geo.k)]
+        if any(k0 >= k1 for k0, k1 in k):
+            return out
+        sub = grid.box(k)
+        local = tuple(slice(k0 - g0, k1 - g0) for (k0, k1), (g0, _) in zip(k, self.geo.k))
+        values, where = sub.to_input(self.probability[local]), sub.dst_box
+        # the part of the box that this sub-box fills (the whole box, unless it passes geo's edge)
+        lo = [max(b.start, w.start) for b, w in zip(box, where)]
+        hi = [min(b.stop, w.stop) for b, w in zip(box, where)]
+        if any(a >= b for a, b in zip(lo, hi)):
+            return out
+        out[tuple(slice(a - b.start, z - b.start) for a, z, b in zip(lo, hi, box))] = \
+            values[tuple(slice(a - w.start, z - w.start) for a, z, w in zip(lo, hi, where))]
+        return out
+
 
 class Predictor:
     """A loaded network and its plan; turns volumes into nodule probabilities."""

@@ -14,7 +14,12 @@ import numpy as np
 
 from medseg.plan import InferencePlan
 from medseg.postprocess.candidates import CandidateClassifier
-from medseg.postprocess.components import ComponentFilter, component_features, filter_components
+from medseg.postprocess.components import (
+    ComponentFilter,
+    ContextProbability,
+    component_features,
+    filter_components,
+)
 from medseg.postprocess.crf import CRFSettings, refine
 
 
@@ -43,13 +48,15 @@ def postprocess(
     spacing: tuple[float, float, float],
     lung_mask: np.ndarray | None = None,
     settings: PostprocessSettings | None = None,
+    context: ContextProbability | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """probability: float32 nodule probability [i,j,k]; image: HU on the same grid; spacing in mm.
 
     Returns uint16 instance labels 1..N (largest first) and one feature dict per label (label,
     voxels, volume_mm3, equivalent_diameter_mm, bbox, centroid_ijk, extent_mm, mean_probability,
     max_probability, mean_hu, elongation, flatness, confidence, and lung_overlap / lung_contact /
-    centre_in_lung when a lung mask is given).
+    centre_in_lung when a lung mask is given; coarse_mean_probability and coarse_max_probability
+    with ``context``, the coarse pass's probability read over a box of this grid).
     """
     s = settings or PostprocessSettings()
     probability = np.asarray(probability)
@@ -73,7 +80,7 @@ def postprocess(
         min_confidence=s.min_confidence,
         classifier=s.candidate_classifier,
     )
-    labels, kept, _ = filter_components(mask, spacing, probability, image, lung_mask, filt)
+    labels, kept, _ = filter_components(mask, spacing, probability, image, lung_mask, filt, context)
     return labels, kept
 
 

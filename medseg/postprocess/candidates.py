@@ -31,7 +31,21 @@ FEATURES: dict[str, Any] = {
     "lung_contact": lambda f: f["lung_contact"],
     "prob_blobness": lambda f: f["prob_blobness"],
     "hu_blobness": lambda f: f["hu_blobness"],
+    "coarse_mean_probability": lambda f: f["coarse_mean_probability"],
+    "coarse_max_probability": lambda f: f["coarse_max_probability"],
 }
+
+#: features read from the coarse pass (the pipeline runs it for them, masses or not)
+COARSE_FEATURES: tuple[str, ...] = ("coarse_mean_probability", "coarse_max_probability")
+
+#: ``medseg train-fp``'s default :attr:`CandidateClassifier.coarse_agreement`: off, by measurement
+#: (2026-12-06, ``benchmarks/results/real_detection_coarse_agreement.json``). On real lung-base hybrids
+#: (held-out LIDC nodules in the two torso scans) every false positive of the bundled network had a
+#: coarse peak probability of at most 0.01, and the factor (exponent 0.5) raised the CPM there from
+#: 0.33 to 0.52; on the real 5 mm chest of ``benchmarks/real_detection.py`` 28 false positives per
+#: scan peak above 0.5 (hilar vessels), the coarse grid loses most 5-10 mm nodules, and the CPM fell
+#: from 0.453 to 0.357. One real background did not predict the other.
+COARSE_AGREEMENT = 0.0
 
 #: What ``medseg train-fp`` fits on. Not the HU level or spread: on phantoms those are set by the
 #: generator and would not carry over to real scans; probability, size, shape and what dense
@@ -55,13 +69,20 @@ def feature_vector(feature: dict[str, Any], names: list[str] | tuple[str, ...]) 
 
 @dataclass
 class CandidateClassifier:
-    """Logistic regression on standardised candidate features: P(nodule | component)."""
+    """Logistic regression on standardised candidate features: P(nodule | component), optionally
+    times the coarse pass's peak probability over the component to the power ``coarse_agreement``.
+
+    The factor is fixed, not fitted: the regression is fitted on phantoms, where the coarse pass adds
+    nothing the fine features do not say (its fitted weight is ~0); what it is worth on real lung
+    differs from scan to scan (see ``COARSE_AGREEMENT``)."""
 
     features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))
     mean: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
     coef: list[float] = field(default_factory=list)
     intercept: float = 0.0
+    #: exponent of the coarse peak probability that multiplies P(nodule); 0 = none (older checkpoints)
+    coarse_agreement: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.features if n not in FEATURES]
@@ -71,17 +92,27 @@ class CandidateClassifier:
         if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
             raise ValueError("candidate classifier: features, mean, scale and coef must have the same length")
 
+    @property
+    def inputs(self) -> list[str]:
+        """What :meth:`decision` reads, in its column order: the features, then the coarse peak
+        probability when ``coarse_agreement`` is on."""
+        return [*self.features, *(["coarse_max_probability"] if self.coarse_agreement else [])]
+
     def score(self, feature: dict[str, Any]) -> float | None:
-        """P(nodule) for one component's feature dict; None when a feature is missing."""
-        x = feature_vector(feature, self.features)
+        """The confidence of one component's feature dict; None when an input is missing."""
+        x = feature_vector(feature, self.inputs)
         if x is None:
             return None
         return float(self.decision(x[None])[0])
 
     def decision(self, x: np.ndarray) -> np.ndarray:
-        """P(nodule) for rows of raw feature vectors."""
-        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        return _sigmoid(z @ np.asarray(self.coef) + self.intercept)
+        """The confidence for rows of raw :attr:`inputs`."""
+        n = len(self.features)
+        z = (x[:, :n] - np.asarray(self.mean)) / np.asarray(self.scale)
+        p = _sigmoid(z @ np.asarray(self.coef) + self.intercept)
+        if self.coarse_agreement:
+            p = p * np.clip(x[:, n], 0.0, 1.0) ** self.coarse_agreement
+        return p
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,8 +122,10 @@ class CandidateClassifier:
         return cls(**data)
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = 10.0, features: list[str] | None = None) -> CandidateClassifier:
-        """Fit on raw feature rows ``x`` (n, d) and labels ``y`` (1 = nodule).
+    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = 10.0, features: list[str] | None = None,
+            coarse_agreement: float = 0.0) -> CandidateClassifier:
+        """Fit the regression on raw feature rows ``x`` (n, d) and labels ``y`` (1 = nodule); the
+        result multiplies by the coarse peak probability to the power ``coarse_agreement``.
 
         Classes are weighted to equal total weight (candidates are mostly false positives), and
         ``l2`` penalises the standardised coefficients, which keeps a fit on a few dozen nodules sane.
@@ -123,7 +156,7 @@ class CandidateClassifier:
         res = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B")
         theta = res.x
         return cls(features=names, mean=mean.tolist(), scale=scale.tolist(), coef=theta[:-1].tolist(),
-                   intercept=float(theta[-1]))
+                   intercept=float(theta[-1]), coarse_agreement=float(coarse_agreement))
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:

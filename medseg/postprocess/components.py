@@ -8,6 +8,7 @@ directions, so the direction cosines are not needed here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +29,10 @@ DENSE_HU = -500.0
 BLOB_SCALES_MM = (1.5, 2.5, 4.0)
 #: context read around a component for the Hessian filters (mm; 2.5 sigma of the largest scale)
 BLOB_MARGIN_MM = 10.0
+
+#: ``box -> values``: a second probability map read on demand over a box of the components' grid
+#: (the coarse pass's, :meth:`medseg.inference.predictor.GridPrediction.on_input`)
+ContextProbability = Callable[[tuple[slice, slice, slice]], np.ndarray]
 
 
 @dataclass
@@ -126,6 +131,7 @@ def component_features(
     image: np.ndarray | None = None,
     lung_mask: np.ndarray | None = None,
     shape_measures: bool = True,
+    context: ContextProbability | None = None,
 ) -> list[dict[str, Any]]:
     """One feature dict per label 1..N of ``labels`` (cc3d statistics plus per-box measures).
 
@@ -134,7 +140,8 @@ def component_features(
     max_probability, mean_hu, std_hu, shell_dense (fraction of the one-voxel outer shell above
     ``DENSE_HU``), lung_overlap (fraction of voxels in the lung mask), lung_contact (fraction of
     the outer shell lying in the lung mask), centre_in_lung; with ``shape_measures`` also
-    prob_blobness and hu_blobness (see :func:`add_shape_measures`).
+    prob_blobness and hu_blobness (see :func:`add_shape_measures`); with ``context`` (the coarse
+    pass's probability) coarse_mean_probability and coarse_max_probability over the component.
     """
     sp = tuple(float(s) for s in spacing)
     voxel_mm3 = float(np.prod(sp))
@@ -186,7 +193,20 @@ def component_features(
         feats.append(f)
     if shape_measures:
         add_shape_measures(feats, labels, sp, probability, image)
+    if context is not None:
+        add_coarse_measures(feats, labels, context)
     return feats
+
+
+def add_coarse_measures(feats: list[dict[str, Any]], labels: np.ndarray, context: ContextProbability) -> None:
+    """Add ``coarse_mean_probability`` / ``coarse_max_probability`` (the coarse pass's probability
+    over each component's voxels) to feature dicts of ``labels`` in place; read box by box, so it
+    runs on candidates only, after the size and lung filters."""
+    for f in feats:
+        box = tuple(slice(a, b) for a, b in f["bbox"])
+        values = context(box)[labels[box] == f["label"]]
+        f["coarse_mean_probability"] = float(values.mean())
+        f["coarse_max_probability"] = float(values.max())
 
 
 #: candidate features that :func:`add_shape_measures` computes (not in every feature dict)
@@ -247,8 +267,10 @@ def filter_components(
     image: np.ndarray | None = None,
     lung_mask: np.ndarray | None = None,
     filt: ComponentFilter | None = None,
+    context: ContextProbability | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
     """Label ``mask``, drop components per ``filt``, relabel the kept ones 1..N largest first.
+    ``context``: the coarse pass's probability, for the coarse_* features (see :func:`component_features`).
 
     Returns (uint16 labels, kept features with their new ``label`` and ``confidence``, removed
     features with a ``removed`` reason and ``label`` 0).
@@ -259,12 +281,13 @@ def filter_components(
     labels = cc3d.connected_components(mask.astype(bool, copy=False), connectivity=filt.connectivity)
     feats = component_features(labels, spacing, probability, image, lung_mask, shape_measures=False)
     has_lung = lung_mask is not None
-    # the shape measures cost a few filters per component: only for candidates that pass the
-    # size/lung/vessel filters, and only when the classifier uses them
+    # the shape and coarse measures cost a few filters or a resampled box per component: only for
+    # candidates that pass the size/lung/vessel filters (the shape measures only when the classifier uses them)
+    candidates = [f for f in feats if removal_reason(f, replace(filt, min_confidence=0.0), has_lung) is None]
     if filt.classifier is not None and set(SHAPE_MEASURES) & set(filt.classifier.features):
-        unscored = replace(filt, min_confidence=0.0)
-        add_shape_measures([f for f in feats if removal_reason(f, unscored, has_lung) is None],
-                           labels, spacing, probability, image)
+        add_shape_measures(candidates, labels, spacing, probability, image)
+    if context is not None:
+        add_coarse_measures(candidates, labels, context)
     kept, removed = [], []
     for f in feats:
         f["confidence"] = confidence(f, filt.classifier)

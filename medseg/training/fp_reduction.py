@@ -25,8 +25,13 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import write_json_atomic
-from medseg.postprocess.candidates import DEFAULT_FEATURES, CandidateClassifier, feature_vector
-from medseg.postprocess.components import component_features
+from medseg.postprocess.candidates import (
+    COARSE_AGREEMENT,
+    DEFAULT_FEATURES,
+    CandidateClassifier,
+    feature_vector,
+)
+from medseg.postprocess.components import ContextProbability, component_features
 
 log = logging.getLogger("medseg.training")
 
@@ -47,10 +52,12 @@ def scan_candidates(
     probability: np.ndarray,
     image: np.ndarray,
     lung_mask: np.ndarray,
+    context: ContextProbability | None = None,
 ) -> list[dict[str, Any]]:
     """Features of each predicted component (instance ``labels`` 1..N, as ``medseg infer`` writes
-    them) with ``hits``: the ids of the ``truth`` instances it overlaps."""
-    feats = component_features(labels, spacing, probability, image, lung_mask)
+    them) with ``hits``: the ids of the ``truth`` instances it overlaps. ``context``: the coarse
+    pass's probability over input-grid boxes, for the coarse_* features."""
+    feats = component_features(labels, spacing, probability, image, lung_mask, context=context)
     for f in feats:
         (i0, i1), (j0, j1), (k0, k1) = f["bbox"]
         box = (slice(i0, i1), slice(j0, j1), slice(k0, k1))
@@ -89,12 +96,17 @@ def fit_fp_reduction(
     folds: int = 5,
     l2: float = 10.0,
     features: list[str] | None = None,
+    coarse_agreement: float = COARSE_AGREEMENT,
 ) -> FPReductionResult:
-    """Fit the classifier on all scans; choose the cut on out-of-fold scores for the target rate."""
+    """Fit the classifier on all scans; choose the cut on out-of-fold scores for the target rate.
+    ``coarse_agreement``: see :class:`~medseg.postprocess.candidates.CandidateClassifier`."""
     from medseg.evaluation.froc import froc
 
     names = list(features or DEFAULT_FEATURES)
-    x, y, groups, hits = _matrix(scans, names)
+    inputs = CandidateClassifier(features=names, mean=[0.0] * len(names), scale=[1.0] * len(names),
+                                 coef=[0.0] * len(names), coarse_agreement=coarse_agreement).inputs
+    x, y, groups, hits = _matrix(scans, inputs)
+    fitted = x[:, : len(names)]  # the regression's columns; a coarse one only scales its output
     if len(scans) < 2:
         raise ValueError("need at least two scans (the cut is chosen on scans the classifier did not see)")
     folds = max(2, min(folds, len(scans)))
@@ -103,7 +115,7 @@ def fit_fp_reduction(
         test = groups % folds == k
         if not test.any():
             continue
-        clf = CandidateClassifier.fit(x[~test], y[~test], l2=l2, features=names)
+        clf = CandidateClassifier.fit(fitted[~test], y[~test], l2=l2, features=names, coarse_agreement=coarse_agreement)
         oof[test] = clf.decision(x[test])
     n_lesions = sum(len(s.nodules) for s in scans)
     # a candidate touching only a nodule that does not count is neither a detection nor an FP
@@ -121,7 +133,7 @@ def fit_fp_reduction(
     for thr, fps, sens in zip(c["threshold"], c["fp_per_scan"], c["sensitivity"]):
         if thr is not None and fps <= target_fp_per_scan + 1e-12 and thr < cut:
             cut, at = float(thr), {"fp_per_scan": fps, "sensitivity": sens}
-    final = CandidateClassifier.fit(x, y, l2=l2, features=names)
+    final = CandidateClassifier.fit(fitted, y, l2=l2, features=names, coarse_agreement=coarse_agreement)
     found_any = len({h for hs in hits for h in hs})
     report = {
         "scans": len(scans),
@@ -140,6 +152,7 @@ def fit_fp_reduction(
         },
         "folds": folds,
         "l2": l2,
+        "coarse_agreement": coarse_agreement,
     }
     return FPReductionResult(final, cut, report)
 
@@ -207,7 +220,8 @@ def collect_candidates(
             import cc3d
 
             t = cc3d.connected_components(t > 0, connectivity=26)
-        cands = scan_candidates(labels, t, image.spacing, prob, np.asarray(image.array), lungs)
+        context = None if seg.coarse is None else seg.coarse.on_input
+        cands = scan_candidates(labels, t, image.spacing, prob, np.asarray(image.array), lungs, context)
         if sizes and name in sizes:
             present = set(np.unique(t).tolist())
             nodules = [i for i, dmm in sizes[name].items() if dmm >= min_mm and i in present]
@@ -261,9 +275,11 @@ def train_fp_reduction(
     l2: float = 10.0,
     window: tuple[int, int, int] | None = None,
     overlap: float | None = None,
+    coarse_agreement: float = COARSE_AGREEMENT,
 ) -> FPReductionResult:
     """Collect candidates of ``model`` on scans, fit the classifier, write ``out`` (a checkpoint
     whose plan carries ``candidate_classifier`` and ``min_confidence``). Returns the fit.
+    ``coarse_agreement``: see :class:`~medseg.postprocess.candidates.CandidateClassifier`.
 
     ``window`` and ``overlap`` (None: the model plan's) set how the network is run; they go into
     ``out``'s plan with the classifier, which is fitted to the probabilities of that setting."""
@@ -284,15 +300,17 @@ def train_fp_reduction(
         if phantoms:
             ph_scans, sizes = phantom_scans(phantoms, seed, shape, spacing, work / "phantoms")
             scans += ph_scans
-        # the fine pass's candidates only: masses come from the coarse pass, which no classifier scores
+        # the fine pass's candidates only: masses come from the coarse pass, which no classifier scores;
+        # the coarse pass still runs, for the candidates' coarse_* features
         seg = Segmenter(InferenceSettings(model=None if model is None else str(model), device=device, quiet=True,
                                           preview=False, dicom_seg=False, min_confidence=0.0, crf=None,
-                                          masses=False, window=window, overlap=overlap))
+                                          masses=False, coarse_features=True, window=window, overlap=overlap))
         seg.plan.inference.candidate_classifier = None  # candidates of the network, not of an older fit
         key = {"weights": weights_digest(payload["state_dict"]), "window": list(seg.predictor.window),
-               "overlap": float(seg.predictor.overlap), "precision": str(seg.predictor.precision)}
+               "overlap": float(seg.predictor.overlap), "precision": str(seg.predictor.precision),
+               "coarse_scale": float(seg.plan.inference.mass_scale)}
         cands = collect_candidates(seg, scans, work / "candidates", min_mm=min_mm, sizes=sizes, key=key)
-    result = fit_fp_reduction(cands, target_fp_per_scan, folds=folds, l2=l2)
+    result = fit_fp_reduction(cands, target_fp_per_scan, folds=folds, l2=l2, coarse_agreement=coarse_agreement)
     payload["plan"].setdefault("inference", {})
     payload["plan"]["inference"]["candidate_classifier"] = result.classifier.to_dict()
     payload["plan"]["inference"]["min_confidence"] = result.min_confidence
