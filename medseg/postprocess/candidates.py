@@ -67,6 +67,12 @@ def feature_vector(feature: dict[str, Any], names: list[str] | tuple[str, ...]) 
         return None
 
 
+def classifier_inputs(features: list[str] | tuple[str, ...], coarse_agreement: float) -> list[str]:
+    """The feature-dict values a classifier reads, in order: its features, then the coarse peak
+    probability when ``coarse_agreement`` is on."""
+    return [*features, *(["coarse_max_probability"] if coarse_agreement else [])]
+
+
 @dataclass
 class CandidateClassifier:
     """Logistic regression on standardised candidate features: P(nodule | component), optionally
@@ -94,9 +100,8 @@ class CandidateClassifier:
 
     @property
     def inputs(self) -> list[str]:
-        """What :meth:`decision` reads, in its column order: the features, then the coarse peak
-        probability when ``coarse_agreement`` is on."""
-        return [*self.features, *(["coarse_max_probability"] if self.coarse_agreement else [])]
+        """What :meth:`decision` reads, in its column order (:func:`classifier_inputs`)."""
+        return classifier_inputs(self.features, self.coarse_agreement)
 
     def score(self, feature: dict[str, Any]) -> float | None:
         """The confidence of one component's feature dict; None when an input is missing."""

@@ -29,6 +29,7 @@ from medseg.postprocess.candidates import (
     COARSE_AGREEMENT,
     DEFAULT_FEATURES,
     CandidateClassifier,
+    classifier_inputs,
     feature_vector,
 )
 from medseg.postprocess.components import ContextProbability, component_features
@@ -103,9 +104,7 @@ def fit_fp_reduction(
     from medseg.evaluation.froc import froc
 
     names = list(features or DEFAULT_FEATURES)
-    inputs = CandidateClassifier(features=names, mean=[0.0] * len(names), scale=[1.0] * len(names),
-                                 coef=[0.0] * len(names), coarse_agreement=coarse_agreement).inputs
-    x, y, groups, hits = _matrix(scans, inputs)
+    x, y, groups, hits = _matrix(scans, classifier_inputs(names, coarse_agreement))
     fitted = x[:, : len(names)]  # the regression's columns; a coarse one only scales its output
     if len(scans) < 2:
         raise ValueError("need at least two scans (the cut is chosen on scans the classifier did not see)")
