@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from medseg.inference.lung_mask import LungMaskResult
 from medseg.inference.predictor import GridPrediction, Predictor, RoiPrediction
 from medseg.io import Volume, as_volume, read_volume
 from medseg.io import case_name as _strip_extension
+
+if TYPE_CHECKING:
+    from medseg.postprocess.components import ContextProbability
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +432,7 @@ def segment(image: Any, keep_probabilities: bool = False, **settings: Any) -> Se
     return _SEGMENTERS[key].segment(image, keep_probabilities=keep_probabilities)
 
 
-def _shifted(read: Any, box: tuple[slice, ...]) -> Any:
+def _shifted(read: ContextProbability, box: tuple[slice, ...]) -> ContextProbability:
     """``read`` (boxes of the input grid) for boxes given relative to ``box``, as postprocessing,
     which runs inside the lung box, asks."""
     start = [s.start or 0 for s in box]
