@@ -283,7 +283,8 @@ def filter_components(
     has_lung = lung_mask is not None
     # the shape and coarse measures cost a few filters or a resampled box per component: only for
     # candidates that pass the size/lung/vessel filters (the shape measures only when the classifier uses them)
-    candidates = [f for f in feats if removal_reason(f, replace(filt, min_confidence=0.0), has_lung) is None]
+    unscored = replace(filt, min_confidence=0.0)
+    candidates = [f for f in feats if removal_reason(f, unscored, has_lung) is None]
     if filt.classifier is not None and set(SHAPE_MEASURES) & set(filt.classifier.features):
         add_shape_measures(candidates, labels, spacing, probability, image)
     if context is not None:
